@@ -1,0 +1,1 @@
+"""Shallow diffusion (Unit2Mel). Filled by the diffusion issue; nothing here yet."""
