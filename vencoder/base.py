@@ -1,0 +1,122 @@
+"""The speech-encoder interface shared by every encoder in the registry.
+
+An encoder turns 16 kHz mono audio into content units `[1, D, T_u]` (50 frames/s for every
+encoder of so-vits-svc 4.1). Callers hand over several clips at once through `encode_batch`;
+each encoder decides how to batch them internally (the HuBERT family pads and masks so a batched
+result equals the clip-by-clip one).
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ENCODER_SAMPLE_RATE = 16000
+# Pretrained files live in the project's pretrain/ folder, wherever the command is run from.
+DEFAULT_PRETRAIN_DIR = Path(__file__).resolve().parent.parent / "pretrain"
+
+
+def default_pretrain_dir() -> Path:
+    """Looked up at call time so tests and tools can point it elsewhere."""
+    return DEFAULT_PRETRAIN_DIR
+
+
+class SpeechEncoderError(RuntimeError):
+    """A speech encoder cannot be built or run; the message names the file and the problem."""
+
+
+class PretrainedFileMissing(SpeechEncoderError, FileNotFoundError):
+    """A pretrained weight file is not where it is looked for."""
+
+    def __init__(self, what: str, path: Path, source: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{what} needs the pretrained file {self.path} (looked for {self.path.resolve()}), which does not exist. "
+            f"Get it from {source} and place it there (see pretrain/README.md)."
+        )
+
+
+class CheckpointFormatError(SpeechEncoderError):
+    """A weight file was read but does not hold what the encoder expects (wrong keys, shapes or config)."""
+
+
+def as_mono_tensor(wav: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """Accept [N], [1, N] or [C, N] (channels averaged, as the original does) and return float32 [N]."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    if wav.dim() == 2:
+        wav = wav.mean(dim=0)
+    if wav.dim() != 1:
+        raise ValueError(f"speech encoder input must be [N] or [C, N] audio, got shape {tuple(wav.shape)}")
+    return wav
+
+
+class SpeechEncoder(ABC):
+    """16 kHz mono float audio in, `[1, dim, T_u]` float32 units out (on the CPU).
+
+    Subclasses set `name`, `dim` and the pretrained file they need, and implement `_encode_padded`
+    or override `encode_batch`.
+    """
+
+    name: ClassVar[str] = ""
+    dim: ClassVar[int] = 0
+    sample_rate: ClassVar[int] = ENCODER_SAMPLE_RATE
+    hop_size: ClassVar[int] = 320
+    # Where to get the weight file, shown when it is missing.
+    weight_file: ClassVar[str] = ""
+    weight_source: ClassVar[str] = ""
+
+    def __init__(self, device: str | torch.device | None = None, pretrain_dir: str | Path | None = None,
+                 max_batch_seconds: float = 120.0) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.pretrain_dir = Path(pretrain_dir) if pretrain_dir is not None else default_pretrain_dir()
+        # Padded audio per forward pass; bounds the memory of one batch.
+        self.max_batch_samples = int(max_batch_seconds * self.sample_rate)
+
+    @classmethod
+    def weight_path(cls, pretrain_dir: str | Path | None = None) -> Path:
+        return Path(pretrain_dir if pretrain_dir is not None else default_pretrain_dir()) / cls.weight_file
+
+    @classmethod
+    def check_weights(cls, pretrain_dir: str | Path | None = None) -> Path:
+        """The weight file's path; raises PretrainedFileMissing (with path and source) if it is absent."""
+        path = cls.weight_path(pretrain_dir)
+        if not path.is_file():
+            raise PretrainedFileMissing(f"speech encoder '{cls.name}'", path, cls.weight_source)
+        return path
+
+    @abstractmethod
+    def n_frames(self, n_samples: int) -> int:
+        """Unit frames produced for an input of `n_samples` 16 kHz samples."""
+
+    @abstractmethod
+    def encode_batch(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode several clips; returns one `[1, dim, T_u]` CPU float32 tensor per clip, in order."""
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Encode one clip: `[N]` (or `[C, N]`) 16 kHz audio -> `[1, dim, T_u]`."""
+        return self.encode_batch([wav])[0]
+
+
+def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
+    """Group clip indices into batches of similar length whose padded size stays within the budget.
+
+    Sorting by length keeps padding small; a clip longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        candidate = current + [index]
+        padded = max(lengths[i] for i in candidate) * len(candidate)
+        if current and padded > max_batch_samples:
+            batches.append(current)
+            candidate = [index]
+        current = candidate
+    if current:
+        batches.append(current)
+    return batches
