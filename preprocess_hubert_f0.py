@@ -8,6 +8,7 @@ are skipped, so an interrupted run can simply be started again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion_config", type=str, default="configs/diffusion.yaml",
                    help="diffusion config naming the vocoder whose mel settings --use_diff uses "
                         "(default: configs/diffusion.yaml)")
+    p.add_argument("--pretrain_dir", type=str, default=None,
+                   help="folder holding the speech encoder's weights (default: the project's pretrain/)")
     return p
 
 
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = PreprocessSettings.from_configs(args.config, args.diffusion_config, args.f0_predictor,
                                                    args.use_diff)
+        if args.pretrain_dir is not None:
+            settings = dataclasses.replace(settings, pretrain_dir=args.pretrain_dir)
         clips = find_clips(args.in_dir)
         if not clips:
             print(f"no clips found under {args.in_dir}/*/*.wav", file=sys.stderr)

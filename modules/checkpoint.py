@@ -1,0 +1,220 @@
+"""Saving, loading and pruning `G_<step>.pth` / `D_<step>.pth` in the so-vits 4.1 format.
+
+A file is `{'model': state_dict, 'iteration': epoch, 'optimizer': AdamW state_dict,
+'learning_rate': initial lr}`, so the original can resume from ours and we from theirs.
+
+Differences from the original loader, on purpose:
+- Files are read with `torch.load(weights_only=True)`: a checkpoint cannot run code. Anything
+  else is refused with `CheckpointError` naming the file.
+- Missing or shape-mismatched tensors still keep their fresh initialisation (this is how a
+  pretrained `G_0.pth` with another speaker count is used), but every such key is logged in one
+  loud warning and returned, instead of being printed among hundreds of lines.
+- A half-precision file is cast to the model's dtype (the original casts the model to the file's).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modules.fileio import save_torch
+
+logger = logging.getLogger(__name__)
+
+_CKPT_NAME = re.compile(r"^(?P<prefix>[GD])_(?P<step>\d+)\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, unsafe or does not fit; the message names the file."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_state_into` did: keys left at their fresh initialisation, and file keys not used."""
+
+    reinitialized: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+
+
+class LoadedCheckpoint(tuple):
+    """`(model, optimizer, learning_rate, iteration)`, plus `.report` (a LoadReport) and `.reinitialized`."""
+
+    report: LoadReport
+
+    def __new__(cls, model: nn.Module, optimizer: Any, learning_rate: Any, iteration: Any, report: LoadReport):
+        obj = super().__new__(cls, (model, optimizer, learning_rate, iteration))
+        obj.report = report
+        return obj
+
+    @property
+    def reinitialized(self) -> list[str]:
+        return self.report.reinitialized
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module inside DDP / DataParallel wrappers."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """`torch.load(weights_only=True)` with errors that name the file and say what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise CheckpointError(
+                f"{path}: refused to load: it contains pickled Python objects other than tensors and plain "
+                f"containers, which could run code. Only load files from sources you trust. ({text.splitlines()[0]})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({text.splitlines()[0] if text else e!r})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict at the top level, got {type(data).__name__}")
+    return data
+
+
+def save_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, learning_rate: float, iteration: int,
+    path: str | os.PathLike,
+) -> None:
+    """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` atomically (no 'module.' prefix)."""
+    state = {
+        "model": unwrap(model).state_dict(),
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "learning_rate": learning_rate,
+    }
+    save_torch(state, path)
+    logger.info("saved model and optimizer state at iteration %s to %s", iteration, path)
+
+
+def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def compare_state(model: nn.Module, saved: dict[str, Any]) -> LoadReport:
+    """Which of the model's keys `saved` cannot fill (missing or another shape), without loading anything."""
+    current = unwrap(model).state_dict()
+    saved = _strip_module_prefix(dict(saved))
+    report = LoadReport()
+    for key, fresh in current.items():
+        value = saved.get(key)
+        if not isinstance(value, torch.Tensor):
+            report.reinitialized.append(key)
+            report.reasons[key] = "missing from the file"
+        elif tuple(value.shape) != tuple(fresh.shape):
+            report.reinitialized.append(key)
+            report.reasons[key] = f"shape {list(value.shape)} in the file, {list(fresh.shape)} in the model"
+    report.unexpected = [k for k in saved if k not in current]
+    return report
+
+
+def load_state_into(model: nn.Module, saved: dict[str, Any], source: str = "checkpoint") -> LoadReport:
+    """Copy matching tensors of `saved` into `model` (cast to the model's dtypes); keep the rest fresh.
+
+    Logs one warning listing every re-initialised key (missing from the file or of another shape).
+    """
+    target = unwrap(model)
+    saved = _strip_module_prefix(dict(saved))
+    report = compare_state(target, saved)
+    skip = set(report.reinitialized)
+    merged = {
+        key: fresh if key in skip else saved[key].to(dtype=fresh.dtype, device=fresh.device)
+        for key, fresh in target.state_dict().items()
+    }
+    target.load_state_dict(merged, strict=True)
+    if report.reinitialized:
+        lines = "\n".join(f"  {k}: {report.reasons[k]}" for k in report.reinitialized)
+        logger.warning(
+            "%s: %d tensor(s) were NOT loaded and keep their fresh random initialisation:\n%s",
+            source, len(report.reinitialized), lines,
+        )
+    if report.unexpected:
+        logger.warning("%s: %d tensor(s) in the file are not used by this model: %s",
+                       source, len(report.unexpected), ", ".join(report.unexpected[:20])
+                       + (" ..." if len(report.unexpected) > 20 else ""))
+    return report
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+    skip_optimizer: bool = False,
+) -> LoadedCheckpoint:
+    """Load a G_/D_ checkpoint tolerantly; returns (model, optimizer, learning_rate, iteration).
+
+    The optimizer state is restored only when no parameter changed shape (moments of another shape
+    would break the first step); otherwise the optimizer starts fresh, with a warning.
+    """
+    ckpt = safe_load(path)
+    if "model" not in ckpt or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: no 'model' state dict in the checkpoint (keys: {sorted(ckpt)})")
+    report = load_state_into(model, ckpt["model"], source=str(path))
+    iteration = ckpt.get("iteration", 0)
+    learning_rate = ckpt.get("learning_rate")
+    opt_state = ckpt.get("optimizer")
+    if optimizer is not None and not skip_optimizer and opt_state is not None:
+        reshaped = [k for k, why in report.reasons.items() if why.startswith("shape")]
+        if reshaped:
+            logger.warning("%s: optimizer state not loaded because %d parameter(s) changed shape", path, len(reshaped))
+        else:
+            try:
+                optimizer.load_state_dict(opt_state)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"{path}: optimizer state does not fit this model's optimizer ({e})") from None
+    logger.info("loaded %s (iteration %s)", path, iteration)
+    return LoadedCheckpoint(model, optimizer, learning_rate, iteration, report)
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step number in a `G_<step>.pth` name (all digits of the file name, like the original)."""
+    digits = "".join(ch for ch in Path(path).name if ch.isdigit())
+    if not digits:
+        raise CheckpointError(f"{path}: no step number in the file name")
+    return int(digits)
+
+
+def latest_checkpoint_path(directory: str | os.PathLike, pattern: str = "G_*.pth") -> str | None:
+    """The checkpoint with the highest step number matching `pattern`, or None if there is none."""
+    files = [p for p in Path(directory).glob(pattern) if p.is_file() and any(ch.isdigit() for ch in p.name)]
+    if not files:
+        return None
+    return str(max(files, key=checkpoint_step))
+
+
+def clean_checkpoints(directory: str | os.PathLike, keep: int) -> list[str]:
+    """Delete all but the newest `keep` G_ and D_ files each (by mtime, then step); never `*_0.pth`.
+
+    keep <= 0 keeps everything. Returns the deleted paths.
+    """
+    if keep <= 0:
+        return []
+    groups: dict[str, list[tuple[float, int, Path]]] = {"G": [], "D": []}
+    for p in Path(directory).iterdir():
+        match = _CKPT_NAME.match(p.name)
+        if not match or not p.is_file() or int(match["step"]) == 0 or p.name.endswith("_0.pth"):
+            continue
+        groups[match["prefix"]].append((p.stat().st_mtime, int(match["step"]), p))
+    deleted: list[str] = []
+    for entries in groups.values():
+        entries.sort(key=lambda e: (e[0], e[1]))
+        for _, _, p in entries[:-keep]:
+            p.unlink()
+            deleted.append(str(p))
+            logger.info("deleted old checkpoint %s", p)
+    return deleted

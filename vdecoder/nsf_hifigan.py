@@ -1,0 +1,346 @@
+"""NSF-HiFiGAN generator: a harmonic-plus-noise source driven by f0, injected at every upsampling
+stage of a HiFiGAN decoder (multi-receptive-field residual blocks).
+
+One class serves three uses:
+- `dec` of the so-vits synthesizer (latent z in, speaker conditioning via `cond`);
+- the same with the snake activation (`activation="snake"`: SnakeBeta with alias-free 2x
+  up/down-sampling instead of leaky ReLU, the `nsf-snake-hifigan` vocoder);
+- the standalone 128-bin mel vocoder of `pretrain/nsf_hifigan` (`gin_channels=0`, no `cond`).
+
+The source is split from the filter (`excitation(f0)` / `synthesize(z, har_source, g)`) so a
+chunked inference engine can build the excitation for a whole song (continuous phase) and
+synthesise it piece by piece. Random draws follow the original's order so identical weights,
+inputs and seed give the original's audio.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.commons import LRELU_SLOPE, get_padding, remove_all_weight_norm, weight_norm
+
+ACTIVATIONS = ("leaky_relu", "snake")
+
+
+@dataclass
+class GeneratorConfig:
+    """Hyper-parameters of the generator (names as in so-vits / HiFiGAN configs)."""
+
+    in_channels: int = 192
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 8, 2, 2, 2])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 4, 4, 4])
+    upsample_initial_channel: int = 512
+    resblock: str = "1"
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    sampling_rate: int = 44100
+    gin_channels: int = 0
+    activation: str = "leaky_relu"
+    # "so-vits": the synthesizer's source; "openvpi": the standalone vocoder's source, which adds the
+    # random start phases to the whole first frame and draws no extra noise at the end.
+    source_style: str = "so-vits"
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.upsample_rates)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> "GeneratorConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in dict(values).items() if k in known}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- alias-free snake
+
+
+def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
+    """Kaiser-windowed sinc low-pass [1, 1, kernel_size], normalised to unit DC gain.
+
+    The Kaiser beta follows the usual attenuation formula for a transition band of 4*half_width.
+    """
+    even = kernel_size % 2 == 0
+    half = kernel_size // 2
+    attenuation = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95
+    if attenuation > 50.0:
+        beta = 0.1102 * (attenuation - 8.7)
+    elif attenuation >= 21.0:
+        beta = 0.5842 * (attenuation - 21.0) ** 0.4 + 0.07886 * (attenuation - 21.0)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(kernel_size, periodic=False, beta=beta)
+    t = (torch.arange(-half, half) + 0.5) if even else (torch.arange(kernel_size) - half)
+    taps = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
+    taps = taps / taps.sum()
+    return taps.view(1, 1, kernel_size)
+
+
+class UpSample1d(nn.Module):
+    """x2 band-limited upsampling (zero-stuffing transposed conv with the Kaiser sinc filter)."""
+
+    def __init__(self, ratio: int = 2, kernel_size: int = 12) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.pad = kernel_size // ratio - 1
+        self.crop_left = self.pad * ratio + (kernel_size - ratio) // 2
+        self.crop_right = self.pad * ratio + (kernel_size - ratio + 1) // 2
+        self.register_buffer("filter", kaiser_sinc_filter(0.5 / ratio, 0.6 / ratio, kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.size(1)
+        x = F.pad(x, (self.pad, self.pad), mode="replicate")
+        x = self.ratio * F.conv_transpose1d(
+            x, self.filter.to(x.dtype).expand(channels, -1, -1), stride=self.ratio, groups=channels
+        )
+        return x[..., self.crop_left:x.size(-1) - self.crop_right]
+
+
+class LowPassFilter1d(nn.Module):
+    """Kaiser sinc low-pass with replicate padding and a stride (decimation)."""
+
+    def __init__(self, cutoff: float, half_width: float, stride: int, kernel_size: int = 12) -> None:
+        super().__init__()
+        even = kernel_size % 2 == 0
+        self.pad_left = kernel_size // 2 - int(even)
+        self.pad_right = kernel_size // 2
+        self.stride = stride
+        self.register_buffer("filter", kaiser_sinc_filter(cutoff, half_width, kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.size(1)
+        x = F.pad(x, (self.pad_left, self.pad_right), mode="replicate")
+        return F.conv1d(x, self.filter.to(x.dtype).expand(channels, -1, -1), stride=self.stride, groups=channels)
+
+
+class DownSample1d(nn.Module):
+    def __init__(self, ratio: int = 2, kernel_size: int = 12) -> None:
+        super().__init__()
+        self.lowpass = LowPassFilter1d(0.5 / ratio, 0.6 / ratio, ratio, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lowpass(x)
+
+
+class SnakeBeta(nn.Module):
+    """x + 1/(b + 1e-9) * sin^2(a x) per channel, with a = exp(alpha), b = exp(beta) (log-scale params)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.exp(self.alpha).view(1, -1, 1)
+        beta = torch.exp(self.beta).view(1, -1, 1)
+        return x + (1.0 / (beta + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
+class SnakeAlias(nn.Module):
+    """SnakeBeta evaluated at twice the rate (upsample, activate, downsample) to limit aliasing."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.act = SnakeBeta(channels)
+        self.upsample = UpSample1d(2, 12)
+        self.downsample = DownSample1d(2, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.act(self.upsample(x)))
+
+
+# ----------------------------------------------------------------------------------- residual blocks
+
+
+class ResBlock1(nn.Module):
+    """Three (dilated conv, plain conv) pairs, each with an activation before every conv and a residual add."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: tuple[int, ...] = (1, 3, 5),
+                 activation: str = "leaky_relu") -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList([
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=get_padding(kernel_size, d)))
+            for d in dilation
+        ])
+        self.convs2 = nn.ModuleList([
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=get_padding(kernel_size)))
+            for _ in dilation
+        ])
+        if activation == "snake":
+            self.activations = nn.ModuleList([SnakeAlias(channels) for _ in range(2 * len(dilation))])
+
+    def _act(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "activations"):
+            return self.activations[index](x)
+        return F.leaky_relu(x, LRELU_SLOPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            xt = c1(self._act(2 * i, x))
+            xt = c2(self._act(2 * i + 1, xt))
+            x = xt + x
+        return x
+
+
+class ResBlock2(nn.Module):
+    """Two dilated convs, each preceded by an activation, with residual adds."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: tuple[int, ...] = (1, 3),
+                 activation: str = "leaky_relu") -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=get_padding(kernel_size, d)))
+            for d in dilation[:2]
+        ])
+        if activation == "snake":
+            self.activations = nn.ModuleList([SnakeAlias(channels) for _ in self.convs])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            xt = self.activations[i](x) if hasattr(self, "activations") else F.leaky_relu(x, LRELU_SLOPE)
+            x = conv(xt) + x
+        return x
+
+
+# ----------------------------------------------------------------------------------- source
+
+
+class SourceModuleHnNSF(nn.Module):
+    """Harmonic source: 9 sines at f0 x (1..9) merged by a learnt linear layer and tanh.
+
+    Noise: std 0.003 where voiced, 0.1/3 where unvoiced (f0 <= 0), where the sines are muted.
+    """
+
+    def __init__(self, sampling_rate: int, harmonic_num: int = 8, sine_amp: float = 0.1,
+                 noise_std: float = 0.003, voiced_threshold: float = 0.0, phase_init_samples: int = 1,
+                 draw_unused_noise: bool = True) -> None:
+        super().__init__()
+        self.sampling_rate = sampling_rate
+        self.phase_init_samples = phase_init_samples
+        self.draw_unused_noise = draw_unused_noise
+        self.dim = harmonic_num + 1
+        self.sine_amp = sine_amp
+        self.noise_std = noise_std
+        self.voiced_threshold = voiced_threshold
+        self.l_linear = nn.Linear(self.dim, 1)
+
+    def sine_waves(self, f0: torch.Tensor) -> torch.Tensor:
+        """f0 [B, N, 1] per sample -> harmonic sines plus noise [B, N, dim].
+
+        Draws: `rand [B, dim]` initial phases (fundamental at 0), added to the first
+        `phase_init_samples` samples, then `randn_like` noise.
+        The running phase is accumulated in float64 (what torch's CPU cumsum does internally for
+        float32), with the original's wrap-around correction, so long pieces keep their phase.
+        """
+        harmonics = torch.arange(1, self.dim + 1, device=f0.device, dtype=f0.dtype).view(1, 1, -1)
+        rad = (f0 * harmonics / self.sampling_rate) % 1
+        rand_ini = torch.rand(f0.shape[0], self.dim, device=f0.device)
+        rand_ini[:, 0] = 0
+        rad[:, :self.phase_init_samples, :] = rad[:, :self.phase_init_samples, :] + rand_ini.to(rad.dtype).unsqueeze(1)
+        wrapped = torch.cumsum(rad.double(), dim=1).to(rad.dtype) % 1
+        shift = torch.zeros_like(rad)
+        shift[:, 1:, :] = (torch.diff(wrapped, dim=1) < 0).to(rad.dtype) * -1.0
+        phase = torch.cumsum((rad + shift).double(), dim=1).to(rad.dtype)
+        sines = torch.sin(phase * 2 * math.pi) * self.sine_amp
+        uv = (f0 > self.voiced_threshold).to(sines.dtype)
+        noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
+        noise = noise_amp * torch.randn_like(sines)
+        return sines * uv + noise
+
+    def forward(self, f0: torch.Tensor) -> torch.Tensor:
+        """f0 [B, N, 1] per sample -> excitation [B, N, 1]. Draws a final unused noise like the original."""
+        with torch.no_grad():
+            waves = self.sine_waves(f0)
+        merged = torch.tanh(self.l_linear(waves.to(self.l_linear.weight.dtype)))
+        if self.draw_unused_noise:
+            torch.randn_like(merged)  # the original's noise branch: drawn, never used; keeps the RNG in step
+        return merged
+
+
+# ----------------------------------------------------------------------------------- generator
+
+
+class Generator(nn.Module):
+    """NSF-HiFiGAN generator. Input x [B, in_channels, T], f0 [B, T] (Hz), g [B, gin, 1 or T] -> [B, 1, T*hop]."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown generator activation {config.activation!r}; expected one of {ACTIVATIONS}")
+        self.config = config
+        rates, kernels = list(config.upsample_rates), list(config.upsample_kernel_sizes)
+        if len(rates) != len(kernels):
+            raise ValueError(f"upsample_rates {rates} and upsample_kernel_sizes {kernels} differ in length")
+        self.num_kernels = len(config.resblock_kernel_sizes)
+        self.num_upsamples = len(rates)
+        self.upp = config.hop
+        snake = config.activation == "snake"
+        ch0 = config.upsample_initial_channel
+
+        if config.source_style not in ("so-vits", "openvpi"):
+            raise ValueError(f"unknown source_style {config.source_style!r}; expected 'so-vits' or 'openvpi'")
+        openvpi = config.source_style == "openvpi"
+        self.m_source = SourceModuleHnNSF(
+            config.sampling_rate, harmonic_num=8, phase_init_samples=self.upp if openvpi else 1,
+            draw_unused_noise=not openvpi,
+        )
+        self.noise_convs = nn.ModuleList()
+        self.conv_pre = weight_norm(nn.Conv1d(config.in_channels, ch0, 7, 1, padding=3))
+        self.ups = nn.ModuleList()
+        for i, (u, k) in enumerate(zip(rates, kernels)):
+            c_out = ch0 // (2 ** (i + 1))
+            self.ups.append(weight_norm(nn.ConvTranspose1d(ch0 // (2 ** i), c_out, k, u, padding=(k - u + 1) // 2)))
+            if i + 1 < len(rates):
+                stride = math.prod(rates[i + 1:])
+                self.noise_convs.append(nn.Conv1d(1, c_out, kernel_size=stride * 2, stride=stride, padding=(stride + 1) // 2))
+            else:
+                self.noise_convs.append(nn.Conv1d(1, c_out, kernel_size=1))
+        block = ResBlock1 if str(config.resblock) == "1" else ResBlock2
+        self.resblocks = nn.ModuleList()
+        ch = ch0
+        for i in range(len(self.ups)):
+            ch = ch0 // (2 ** (i + 1))
+            for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
+                self.resblocks.append(block(ch, k, tuple(d), activation=config.activation))
+        # Registration order = the original's state-dict and optimizer-parameter order.
+        if snake:
+            self.snakes = nn.ModuleList([SnakeAlias(ch0 // (2 ** i)) for i in range(len(rates))])
+        self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, 1, padding=3))
+        if snake:
+            self.snake_post = SnakeAlias(ch)
+        if config.gin_channels > 0:
+            self.cond = nn.Conv1d(config.gin_channels, ch0, 1)
+
+    def excitation(self, f0: torch.Tensor) -> torch.Tensor:
+        """Frame f0 [B, T] (Hz, 0 = unvoiced) -> harmonic source [B, 1, T*hop] (draws random numbers)."""
+        f0_samples = torch.repeat_interleave(f0.unsqueeze(-1), self.upp, dim=1)  # nearest x hop
+        return self.m_source(f0_samples).transpose(1, 2)
+
+    def synthesize(self, x: torch.Tensor, har_source: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic filter path: features x [B, C, T] + source [B, 1, T*hop] -> audio [B, 1, T*hop]."""
+        x = self.conv_pre(x)
+        if g is not None and hasattr(self, "cond"):
+            x = x + self.cond(g)
+        har_source = har_source.to(x.dtype)
+        for i in range(self.num_upsamples):
+            x = self.snakes[i](x) if hasattr(self, "snakes") else F.leaky_relu(x, LRELU_SLOPE)
+            x = self.ups[i](x)
+            x = x + self.noise_convs[i](har_source)
+            acc = None
+            for j in range(self.num_kernels):
+                y = self.resblocks[i * self.num_kernels + j](x)
+                acc = y if acc is None else acc + y
+            x = acc / self.num_kernels
+        x = self.snake_post(x) if hasattr(self, "snake_post") else F.leaky_relu(x)  # slope 0.01, as the original
+        return torch.tanh(self.conv_post(x))
+
+    def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        return self.synthesize(x, self.excitation(f0), g)
+
+    def remove_weight_norm(self) -> int:
+        return remove_all_weight_norm(self)
