@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_diff", action="store_true",
                    help="also write the shallow-diffusion features (mel, aug_mel, aug_vol, vol)")
     p.add_argument("--f0_predictor", type=str, default="rmvpe",
-                   help="F0 predictor: crepe, pm, dio, harvest, rmvpe or fcpe (default: rmvpe)")
+                   help="F0 predictor: crepe, crepe-tiny, pm, dio, harvest, rmvpe or fcpe (default: rmvpe)")
     p.add_argument("--num_processes", type=int, default=1,
                    help="worker processes; 0 means one per CPU core (default: 1)")
     p.add_argument("--config", type=str, default="configs/config.json",

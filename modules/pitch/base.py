@@ -29,7 +29,10 @@ _REGISTRY: dict[str, str] = {
     "crepe": "modules.pitch.crepe:CrepeF0Predictor",
     "rmvpe": "modules.pitch.rmvpe:RMVPEF0Predictor",
     "fcpe": "modules.pitch.fcpe:FCPEF0Predictor",
+    "crepe-tiny": "modules.pitch.crepe:CrepeF0Predictor",
 }
+# Extra names that are a registered class with preset options (not in the original's six).
+_PRESETS: dict[str, dict] = {"crepe-tiny": {"model": "tiny"}}
 PREDICTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
@@ -198,4 +201,5 @@ def get_f0_predictor(name: str, hop_length: int = 512, sampling_rate: int = 4410
         raise ValueError(f"unknown F0 predictor '{name}'; choose one of {', '.join(PREDICTOR_NAMES)}")
     module_name, class_name = _REGISTRY[name].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(hop_length=hop_length, sampling_rate=sampling_rate, device=device, threshold=threshold, **kwargs)
+    options = {**_PRESETS.get(name, {}), **kwargs}
+    return cls(hop_length=hop_length, sampling_rate=sampling_rate, device=device, threshold=threshold, **options)

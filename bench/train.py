@@ -1,0 +1,197 @@
+"""Benchmark the training step: seconds per step and peak memory, default config, fp32 vs bf16 autocast.
+
+    python bench/train.py                      # batch 2 and 6, segment 10240, fp32 and bf16, CPU (+ CUDA if present)
+    python bench/train.py --batches 2 --precisions fp32 --steps 2
+
+Each (device, batch, precision) runs in its own subprocess so that peak memory (ru_maxrss on the
+CPU, max_memory_allocated on CUDA) belongs to that configuration alone. Batches are synthesised
+in memory before timing (synthetic singing, random units) and go through the real collate, so
+data loading is not part of the measured step. The first step is a warm-up and is not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# The original so-vits-svc 4.1 (fp32, CPU) on the 2-core reference machine, from the task brief.
+ORIGINAL_CPU = {2: (4.1, 3.8), 6: (10.8, 5.9)}  # batch -> (s/step, peak GB)
+
+
+def _make_batch(hps, batch_size: int, seconds: float, seed: int):
+    """A collated training batch from synthetic voices, every feature computed like preprocessing does."""
+    import numpy as np
+    import torch
+
+    from modules.data import ClipItem, collate_clips
+    from modules.features import spectrogram, volume
+    from modules.pitch.base import interpolate_f0
+    from tests.support.voices import synth_singing
+
+    sr, hop = int(hps.data.sampling_rate), int(hps.data.hop_length)
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(batch_size):
+        voice = synth_singing(("alto", "bass")[i % 2], seconds, sr=sr, hop=hop, seed=seed * 100 + i)
+        audio = torch.from_numpy(voice.audio)
+        t = len(voice.audio) // hop
+        f0, uv = interpolate_f0(voice.f0[:t])
+        units = torch.randn(int(hps.model.ssl_dim), t, generator=gen)
+        spec = spectrogram(audio, int(hps.data.filter_length), hop, int(hps.data.win_length))[:, :t]
+        vol = volume(audio, hop)[:t] if hps.model.vol_embedding else None
+        items.append(ClipItem(units, torch.from_numpy(np.asarray(f0)), spec, audio[None, : t * hop], i % 2,
+                              torch.from_numpy(np.asarray(uv)), vol, f"synthetic_{i}"))
+    return collate_clips(items)
+
+
+def calibrate_gflops(seconds: float = 1.0) -> float:
+    """fp32 matmul throughput right now, so timings from a shared or busy machine can be put in context."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * 1024 ** 3 * count / (time.perf_counter() - t0) / 1e9
+
+
+def run_one(config: str, device: str, batch_size: int, precision: str, segment: int, seconds: float,
+            steps: int) -> dict:
+    """Time `steps` training steps after one warm-up step; returns a result row."""
+    import torch
+
+    from modules.config import load_config
+    from modules.training import DistContext, Trainer, TrainOptions, resolve_device
+
+    hps = load_config(config)
+    hps.train.batch_size = batch_size
+    hps.train.segment_size = segment
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = Trainer(hps, model_dir, DistContext(0, 0, 1, dev),
+                          TrainOptions(device=device, precision=precision, tensorboard=False, progress=False))
+        batch = _make_batch(hps, batch_size, seconds, seed=1).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        for i in range(steps + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            result = trainer.train_step(batch)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+            if result.skipped:
+                raise RuntimeError(f"step {i} produced a non-finite loss: {result.losses}")
+    gflops = calibrate_gflops() if dev.type == "cpu" else float("nan")
+    if dev.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated(dev) / 1e9
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+    return {"device": str(dev), "batch": batch_size, "precision": precision, "s_per_step": statistics.median(times),
+            "min_s": min(times), "peak_gb": peak_gb, "frames": int(batch.lengths.max()), "threads": torch.get_num_threads(),
+            "gflops": gflops, "load": os.getloadavg()[0]}
+
+
+def _format_table(rows: list[dict]) -> str:
+    head = (f"{'device':<8} {'batch':>5} {'prec':<5} {'s/step':>8} {'min s':>7} {'peak GB':>8} {'vs orig time':>12} "
+            f"{'vs orig mem':>11} {'GFLOP/s':>8} {'load':>5} {'thr':>3}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['device']:<8} {r['batch']:>5} {r['precision']:<5} {r['error']}")
+            continue
+        ref = ORIGINAL_CPU.get(r["batch"]) if r["device"] == "cpu" else None
+        t_ratio = f"{r['s_per_step'] / ref[0]:.2f}x" if ref else "-"
+        m_ratio = f"{r['peak_gb'] / ref[1]:.2f}x" if ref else "-"
+        lines.append(f"{r['device']:<8} {r['batch']:>5} {r['precision']:<5} {r['s_per_step']:>8.2f} {r['min_s']:>7.2f} "
+                     f"{r['peak_gb']:>8.2f} {t_ratio:>12} {m_ratio:>11} {r['gflops']:>8.1f} {r['load']:>5.1f} {r['threads']:>3}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs_template" / "config_template.json"),
+                   help="model config to benchmark (default: the 4.1 default template)")
+    p.add_argument("--batches", type=int, nargs="+", default=[2, 6], help="batch sizes (default: 2 6)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
+                   help="autocast modes (default: fp32 bf16)")
+    p.add_argument("--devices", nargs="+", default=None,
+                   help="devices to run on (default: cpu, plus cuda when available)")
+    p.add_argument("--segment", type=int, default=10240, help="train.segment_size in samples (default 10240)")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each synthetic clip (default 5 s)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration after one warm-up (default 3)")
+    p.add_argument("--force_half", action="store_true",
+                   help="run bf16/fp16 on a CPU without native half kernels too (very slow)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one configuration as JSON
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.worker:
+        spec = json.loads(args.worker)
+        print("RESULT " + json.dumps(run_one(**spec)))
+        return 0
+    import torch
+
+    devices = args.devices
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    from modules.training import cpu_has_fast_half
+
+    rows = []
+    for device in devices:
+        for batch in args.batches:
+            for precision in args.precisions:
+                half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+                if device == "cpu" and half is not None and not (cpu_has_fast_half(half) or args.force_half):
+                    rows.append({"device": device, "batch": batch, "precision": precision,
+                                 "error": "skipped: no native kernels on this CPU (emulated, ~40x slower than "
+                                          "fp32); --force_half runs it anyway"})
+                    print(_format_table(rows[-1:]).splitlines()[-1], flush=True)
+                    continue
+                spec = dict(config=args.config, device=device, batch_size=batch, precision=precision,
+                            segment=args.segment, seconds=args.seconds, steps=args.steps)
+                proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT,
+                                      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode != 0 or not found:
+                    error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    rows.append({"device": device, "batch": batch, "precision": precision, "error": f"failed: {error}"})
+                else:
+                    rows.append(json.loads(found[-1][len("RESULT "):]))
+                print(_format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(f"segment {args.segment} samples, {args.seconds:.1f} s clips, median of {args.steps} steps after a warm-up")
+    print(_format_table(rows))
+    print("vs orig: ratio to so-vits-svc 4.1 fp32 on the 2-core reference CPU (4.1 s / 3.8 GB at batch 2, "
+          "10.8 s / 5.9 GB at batch 6), measured on an idle machine. GFLOP/s: fp32 1024^2 matmul "
+          "throughput right after the run, and load: 1-min load average; a busy machine inflates s/step.")
+    if args.json:
+        from modules.fileio import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
