@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from modules.audio import AudioError, load_audio
+from modules.feature_files import ClipFiles
 from modules.features import repeat_expand_2d, spectrogram, volume
 from modules.fileio import save_torch
 from modules.safe_numpy import UnsafeNumpyFile, load_f0
@@ -47,34 +48,6 @@ class DatasetError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class ClipFiles:
-    """Paths of one clip's feature files, following the original's naming rules."""
-
-    wav: Path
-
-    @property
-    def units(self) -> Path:
-        return Path(f"{self.wav}.soft.pt")
-
-    @property
-    def f0(self) -> Path:
-        return Path(f"{self.wav}.f0.npy")
-
-    @property
-    def spec(self) -> Path:
-        # The spectrogram replaces the extension instead of appending (SOVITS41_FACTS 11.1).
-        return self.wav.with_suffix(".spec.pt")
-
-    @property
-    def vol(self) -> Path:
-        return Path(f"{self.wav}.vol.npy")
-
-    @property
-    def speaker(self) -> str:
-        return self.wav.parent.name
 
 
 def read_filelist(path: str | os.PathLike) -> list[Path]:

@@ -33,6 +33,7 @@ import torch
 
 from modules.audio import AudioError, load_audio, resample
 from modules.config import ConfigError, load_config, load_diffusion_config
+from modules.feature_files import ClipFiles
 from modules.features import nsf_mel, spectrogram, volume
 from modules.fileio import save_numpy, save_torch
 from modules.safe_numpy import save_aug_mel, save_f0
@@ -120,50 +121,18 @@ class PreprocessSettings:
         )
 
 
-@dataclass(frozen=True)
-class ClipFiles:
-    """The feature files of one clip, named as the original names them."""
+def required_files(files: ClipFiles, settings: PreprocessSettings) -> list[Path]:
+    """Every file a finished clip has under these settings."""
+    paths = [files.units, files.f0, files.spec]
+    if settings.write_volume:
+        paths.append(files.vol)
+    if settings.use_diff:
+        paths += [files.mel, files.aug_mel, files.aug_vol]
+    return paths
 
-    wav: Path
 
-    @property
-    def units(self) -> Path:
-        return Path(f"{self.wav}.soft.pt")
-
-    @property
-    def f0(self) -> Path:
-        return Path(f"{self.wav}.f0.npy")
-
-    @property
-    def spec(self) -> Path:
-        return self.wav.with_suffix(".spec.pt")  # replaces .wav (SOVITS41_FACTS 11.1)
-
-    @property
-    def vol(self) -> Path:
-        return Path(f"{self.wav}.vol.npy")
-
-    @property
-    def mel(self) -> Path:
-        return Path(f"{self.wav}.mel.npy")
-
-    @property
-    def aug_mel(self) -> Path:
-        return Path(f"{self.wav}.aug_mel.npy")
-
-    @property
-    def aug_vol(self) -> Path:
-        return Path(f"{self.wav}.aug_vol.npy")
-
-    def required(self, settings: PreprocessSettings) -> list[Path]:
-        paths = [self.units, self.f0, self.spec]
-        if settings.write_volume:
-            paths.append(self.vol)
-        if settings.use_diff:
-            paths += [self.mel, self.aug_mel, self.aug_vol]
-        return paths
-
-    def missing(self, settings: PreprocessSettings) -> list[Path]:
-        return [p for p in self.required(settings) if not (p.is_file() and p.stat().st_size > 0)]
+def missing_files(files: ClipFiles, settings: PreprocessSettings) -> list[Path]:
+    return [p for p in required_files(files, settings) if not (p.is_file() and p.stat().st_size > 0)]
 
 
 @dataclass
@@ -235,7 +204,7 @@ class ClipProcessor:
         to_encode: list[tuple[Path, np.ndarray]] = []
         for wav in wavs:
             files = ClipFiles(Path(wav))
-            missing = set(files.missing(self.settings))
+            missing = set(missing_files(files, self.settings))
             if not missing:
                 results[wav].skipped = True
                 continue
@@ -367,7 +336,7 @@ def run_preprocess(
     start = time.perf_counter()
     report = PreprocessReport()
     clips = list(clips)
-    pending = [c for c in clips if ClipFiles(c).missing(settings)]
+    pending = [c for c in clips if missing_files(ClipFiles(c), settings)]
     report.skipped = len(clips) - len(pending)
     if not pending:
         report.wall_seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ import vencoder.base
 from modules.audio import load_audio, resample
 from modules.config import load_diffusion_template, load_template, save_config, save_diffusion_config
 from modules.features import nsf_mel, spectrogram, volume
-from modules.preprocess import ClipFiles
+from modules.feature_files import ClipFiles
 from modules.safe_numpy import UnsafeNumpyFile, load_aug_mel, load_f0, load_npy, save_f0
 from tests.support.h2_checkpoints import write_fairseq_hubert
 from tests.support.voices import synth_singing, write_dataset
