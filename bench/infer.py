@@ -1,0 +1,163 @@
+"""Inference speed and memory of the synthesizer for the default config (random weights).
+
+    python bench/infer.py                      # 10 s, 60 s, 10 min; fp32 and fast (bf16 autocast); 2 threads
+    python bench/infer.py --skip-long          # without the 10-minute case (it takes minutes on a CPU)
+    python bench/infer.py --device cuda        # GPU timings (peak memory = torch's max allocated)
+
+Measures SvcEngine.synthesize (text encoder, prior noise, excitation, chunked flow + decoder) on
+continuous voice: units are random, F0 is a synthetic melody without pauses (tests/support/voices),
+so one piece spans the whole duration (no silence slicing). The F0 predictor and the speech encoder
+are not included: their cost depends on which ones you pick. RTF = compute seconds per audio
+second. Each case runs in a fresh process so its peak RSS (resident memory, including the ~200 MB
+model and the torch runtime) is its own. Fast mode reports the SNR of its output against fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGETS = "targets: fp32 RTF <= 0.35 at 10 s and within 1.1x of that at 60 s / 10 min; peak <= 2 GB at 10 min; " \
+          "fast RTF <= 0.2 with SNR >= 30 dB vs fp32"
+
+
+def _continuous_f0(n_frames: int, sr: int, hop: int, seed: int = 0):
+    import numpy as np
+
+    from tests.support.voices import SPEAKERS, midi_to_hz, random_melody
+
+    rng = np.random.default_rng(seed)
+    notes = random_melody(SPEAKERS["alto"], n_frames * hop / sr + 1.0, rng, pause_prob=0.0, consonant_prob=0.0)
+    frames: list[np.ndarray] = []
+    for note in notes:
+        count = max(1, int(round(note.seconds * sr / hop)))
+        midi = note.midi if note.midi > 0 else 60.0  # leading/trailing rests sung through: continuous voice
+        t = np.arange(count) * hop / sr
+        frames.append(midi_to_hz(midi + 0.3 * np.sin(2 * np.pi * 5.5 * t)))
+    f0 = np.concatenate(frames)
+    while len(f0) < n_frames:
+        f0 = np.concatenate([f0, f0])
+    return f0[:n_frames].astype(np.float32)
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_frames: int) -> dict:
+    """One measurement in this process (called in a fresh subprocess by main)."""
+    import numpy as np
+    import torch
+
+    from models import SynthesizerTrn
+    from modules.config import HParams, load_template
+    from modules.inference import PieceFeatures, SvcEngine
+
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    hps = HParams(**load_template())
+    torch.manual_seed(0)
+    model = SynthesizerTrn.from_hparams(hps)
+    model.remove_weight_norm()
+    model = model.to(device).eval()
+    engine = SvcEngine(model, hps, device, encoder=object(), chunk_frames=chunk_frames, fast=(mode == "fast"))
+    if mode == "fast" and not engine.fast:  # no native bf16: the engine would run fp32 anyway
+        return {"seconds": seconds, "mode": "fast", "device": device_name, "threads": threads, "compute_s": None,
+                "rtf": None, "peak_mb": None, "snr_db": None, "note": "no native bf16 on this CPU: fast = fp32"}
+    sr, hop = engine.sr, engine.hop
+    n = int(seconds * sr) // hop
+    f0 = torch.from_numpy(_continuous_f0(n, sr, hop))[None].to(device)
+    gen = torch.Generator().manual_seed(1)
+    units = torch.randn(1, hps.model.ssl_dim, n, generator=gen).to(device)
+    feats = PieceFeatures(units, f0, torch.ones(1, n, device=device), None)
+    g = engine.speaker_condition(0)
+    warm = PieceFeatures(units[..., :200], f0[:, :200], feats.uv[:, :200], None)
+    engine.synthesize(warm, g)  # one-off allocations and kernel selection
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    audio, _ = engine.synthesize(feats, g)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    result = {"seconds": seconds, "mode": mode, "device": device_name, "threads": threads,
+              "compute_s": round(elapsed, 2), "rtf": round(elapsed / seconds, 4), "peak_mb": round(_peak_mb(device)),
+              "snr_db": None, "note": ""}
+    if mode == "fast" and seconds <= 60:  # reference after the measurement, so it does not count
+        engine.fast = False
+        ref, _ = engine.synthesize(feats, g)
+        err = (audio.float() - ref).double()
+        result["snr_db"] = round(float(10 * torch.log10(ref.double().pow(2).sum() / err.pow(2).sum())), 1)
+    del audio
+    return result
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'audio':>8} {'mode':>5} {'device':>6} {'thr':>3} {'compute s':>10} {'RTF':>7} {'peak MB':>8} {'SNR dB':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["rtf"] is None:
+            lines.append(f"{r['seconds']:>7.0f}s {r['mode']:>5} {r['device']:>6} {r['threads']:>3}  {r['note']}")
+            continue
+        snr = "" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
+        lines.append(f"{r['seconds']:>7.0f}s {r['mode']:>5} {r['device']:>6} {r['threads']:>3} {r['compute_s']:>10.2f} "
+                     f"{r['rtf']:>7.3f} {r['peak_mb']:>8} {snr:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--durations", nargs="+", type=float, default=[10, 60, 600], help="audio seconds per case")
+    parser.add_argument("--skip-long", action="store_true", help="drop cases longer than 60 s (the 10-minute one)")
+    parser.add_argument("--modes", nargs="+", choices=["fp32", "fast"], default=["fp32", "fast"],
+                        help="fp32, and/or fast (bf16 autocast on CPU, fp16 on GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--chunk-frames", type=int, default=1024, help="frames per synthesis window (default 1024)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--case", nargs=2, metavar=("SECONDS", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        row = run_case(float(args.case[0]), args.case[1], args.device, args.threads, args.chunk_frames)
+        print("RESULT " + json.dumps(row))
+        return 0
+    durations = [d for d in args.durations if not (args.skip_long and d > 60)]
+    rows: list[dict] = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    for seconds in durations:
+        for mode in args.modes:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--case", str(seconds), mode, "--device", args.device,
+                   "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"case {seconds} s {mode} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            rows.append(json.loads(line[len("RESULT "):]))
+            print(_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(_table(rows))
+    print(TARGETS)
+    if args.json:
+        from modules.fileio import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""The inference engine: load a G checkpoint and its config once, then convert any number of inputs.
+
+    engine = SvcEngine.load("logs/44k/G_8000.pth", "logs/44k/config.json")
+    audio = engine.convert(wav, sr, ConvertOptions(speaker="alto", transpose=2))   # at engine.sr
+
+Per input: silence slicing (modules.slicer, `-sd`), optional forced clipping with overlap and
+crossfade (`-cl`, `-lg`, `-lgr`), padding (`-p`), F0 from the registry (`-f0p`, `-ft`) times
+2^(t/12), or the model's own F0 (`-a`), units from the speech-encoder registry, then the synthesizer.
+The synthesizer's flow and decoder run in overlapping windows (modules.inference_chunked), so memory
+stays bounded however long a slice is, and the output equals whole-piece synthesis.
+
+Reproducibility: like the original, torch is seeded with 52468 before every piece, and the random
+draws come in the original's order (prior noise, then the excitation's), so equal weights and inputs
+give equal audio.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from modules.audio import load_audio, resample
+from modules.checkpoint import safe_load
+from modules.config import HParams, load_config
+from modules.features import repeat_expand_2d, volume
+from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
+from modules.inference_plan import (
+    OutputAssembler, Piece, as_chunks, frame_times, loudness_envelope, pad_or_trim, plan_pieces, to_output_samples,
+)
+from modules.pitch import get_f0_predictor
+from modules.spkmix import SpeakerMix
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 52468
+ENCODER_SR = 16000
+TRAINING_ONLY = "enc_q"
+
+
+class InferenceError(RuntimeError):
+    """Inference cannot proceed; the message says what is wrong and what to do."""
+
+
+@dataclass
+class ConvertOptions:
+    """Per-conversion settings; names follow inference_main.py's flags."""
+
+    speaker: str | int = 0  # -s: name from config.spk, or a numeric id
+    transpose: int = 0  # -t: semitones
+    clip_seconds: float = 0.0  # -cl: forced piece length, 0 = only silence slicing
+    linear_gradient: float = 0.0  # -lg: overlap / crossfade seconds between forced pieces
+    linear_gradient_retain: float = 0.75  # -lgr: fraction of the overlap that is blended
+    pad_seconds: float = 0.5  # -p: silence added on both sides of each piece
+    slice_db: float = -40.0  # -sd: silence threshold (dBFS)
+    auto_predict_f0: bool = False  # -a
+    f0_predictor: str = "pm"  # -f0p
+    f0_threshold: float = 0.05  # -ft
+    noise_scale: float = 0.4  # -ns
+    loudness_envelope_adjustment: float = 1.0  # -lea: 1 = off, 0 = input's envelope
+    spk_mix: SpeakerMix | None = None  # -usm: dynamic mix (overrides `speaker`)
+    seed: int | None = DEFAULT_SEED  # None = do not reseed
+    slicing: bool = True  # False: treat the whole input as one voiced chunk
+
+
+@dataclass
+class PieceFeatures:
+    """Model inputs of one padded piece at the model's rate."""
+
+    units: torch.Tensor  # [1, ssl_dim, T]
+    f0: torch.Tensor  # [1, T] Hz, transposed, interpolated
+    uv: torch.Tensor  # [1, T]
+    vol: torch.Tensor | None  # [1, T]
+
+
+@dataclass
+class ConversionStats:
+    pieces: int = 0
+    voiced_pieces: int = 0
+    frames: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _reduced_precision_is_fast(device: torch.device) -> bool:
+    """Whether fast mode (bf16 autocast on CPU, fp16 on GPU) can help on this device.
+
+    Without native bf16 (AVX512-BF16 / AMX) the CPU emulates it, which is far slower than fp32
+    (measured: over 50x on an AVX2 machine), so fast mode then falls back to fp32 with a warning.
+    """
+    if device.type != "cpu":
+        return True
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    if not native:
+        logger.warning("fast mode: this CPU has no native bf16 (emulated bf16 is much slower); running fp32")
+    return native
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`None`/"auto" means CUDA when present, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise InferenceError(f"device '{device}' is not valid ({e}); use cpu, cuda or cuda:N") from None
+
+
+def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_generator_strict(model: torch.nn.Module, path: str | os.PathLike, config_path: str | os.PathLike) -> None:
+    """Load G weights for inference: every key must match, except the training-only enc_q may be absent.
+
+    A shape mismatch or a missing key means the config does not belong to the checkpoint; the
+    original silently re-initialised such tensors and produced noise.
+    """
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
+        raise InferenceError(f"{path}: not a G checkpoint (no 'model' state dict); pass a G_*.pth file with -m")
+    saved = _strip_module_prefix(ckpt["model"])
+    own = model.state_dict()
+    hint = f"pass the config.json the model was trained with (-c, now {config_path})"
+    for key, value in own.items():
+        if key not in saved:
+            if TRAINING_ONLY in key:
+                saved[key] = value  # release files drop enc_q; it is unused at inference
+                continue
+            raise InferenceError(f"{path}: checkpoint has no tensor '{key}' that the config builds; {hint}")
+        if tuple(saved[key].shape) != tuple(value.shape):
+            raise InferenceError(
+                f"{path}: '{key}' has shape {list(saved[key].shape)} in the checkpoint but {list(value.shape)} "
+                f"from the config; {hint}"
+            )
+        saved[key] = saved[key].to(value.dtype)
+    extra = sorted(set(saved) - set(own))
+    if extra:
+        raise InferenceError(f"{path}: checkpoint has tensors the config does not build (e.g. '{extra[0]}'); {hint}")
+    model.load_state_dict(saved, strict=True)
+
+
+class SvcEngine:
+    """A loaded synthesizer (weight norm folded, eval mode) plus its speech encoder and settings."""
+
+    def __init__(
+        self, model: torch.nn.Module, hps: HParams, device: torch.device | str = "cpu", encoder: Any = None,
+        chunk_frames: int = 1024, fast: bool = False, pretrain_dir: str | os.PathLike | None = None,
+        encoder_window_seconds: float = 60.0,
+    ) -> None:
+        self.model = model.eval()
+        self.pretrain_dir = pretrain_dir
+        self.hps = hps
+        self.device = torch.device(device)
+        self.sr = int(hps.data.sampling_rate)
+        self.hop = int(hps.data.hop_length)
+        self.speakers: dict[str, int] = dict(hps.get("spk", {}))
+        self.n_speakers = int(hps.model.n_speakers)
+        self.chunk_frames = chunk_frames
+        self.fast = fast and _reduced_precision_is_fast(self.device)
+        self.encoder_window_seconds = encoder_window_seconds
+        self.rf: ReceptiveField = receptive_field(model, hps.model)
+        self._encoder = encoder
+        self.vol_embedding = bool(hps.model.get("vol_embedding", False))
+        self.unit_mode = str(hps.data.get("unit_interpolate_mode", "nearest"))
+
+    # ----- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, model_path: str | os.PathLike, config_path: str | os.PathLike, device: str | None = None,
+        encoder: Any = None, chunk_frames: int = 1024, fast: bool = False,
+        pretrain_dir: str | os.PathLike | None = None, encoder_window_seconds: float = 60.0,
+    ) -> "SvcEngine":
+        """Build the model from the config, load the checkpoint strictly (enc_q optional), fold weight norm."""
+        from models import SynthesizerTrn
+
+        hps = load_config(config_path)
+        if not Path(model_path).is_file():
+            raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
+        dev = pick_device(device)
+        model = SynthesizerTrn.from_hparams(hps)
+        load_generator_strict(model, model_path, config_path)
+        model.remove_weight_norm()
+        model = model.to(dev).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        logger.info("loaded %s (%d speakers) on %s", model_path, len(hps.get("spk", {})), dev)
+        return cls(model, hps, dev, encoder=encoder, chunk_frames=chunk_frames, fast=fast, pretrain_dir=pretrain_dir,
+                   encoder_window_seconds=encoder_window_seconds)
+
+    @property
+    def encoder(self) -> Any:
+        """The speech encoder named by the config, built on first use (so tests may inject their own)."""
+        if self._encoder is None:
+            from vencoder import get_speech_encoder
+
+            self._encoder = get_speech_encoder(self.hps.model.speech_encoder, device=self.device,
+                                               pretrain_dir=self.pretrain_dir)
+        return self._encoder
+
+    # ----- speakers ---------------------------------------------------------------------------------------
+
+    def resolve_speaker(self, speaker: str | int) -> int:
+        """Speaker id from a name in config.spk or a numeric id below n_speakers."""
+        if isinstance(speaker, str) and speaker in self.speakers:
+            return int(self.speakers[speaker])
+        try:
+            spk_id = int(speaker)
+        except (TypeError, ValueError):
+            spk_id = None
+        if spk_id is not None and 0 <= spk_id < self.n_speakers:
+            return spk_id
+        known = ", ".join(f"{n} ({i})" for n, i in sorted(self.speakers.items(), key=lambda kv: kv[1])) or "none"
+        raise InferenceError(
+            f"unknown speaker '{speaker}'; use a name from the config's spk map ({known}) "
+            f"or an id below {self.n_speakers}"
+        )
+
+    def speaker_condition(self, spk_id: int) -> torch.Tensor:
+        """[1, gin, 1] embedding of one speaker."""
+        g = torch.tensor([[spk_id]], dtype=torch.long, device=self.device)
+        return self.model.embed_speaker(g)
+
+    # ----- features ---------------------------------------------------------------------------------------
+
+    def piece_features(
+        self, wav: np.ndarray, transpose: float = 0.0, f0_predictor: str = "pm", f0_threshold: float = 0.05,
+        predictor: Any = None,
+    ) -> PieceFeatures:
+        """Units, F0 (times 2^(t/12)), uv and volume of one padded piece at the model rate."""
+        n_frames = len(wav) // self.hop
+        if predictor is None:
+            predictor = get_f0_predictor(f0_predictor, hop_length=self.hop, sampling_rate=self.sr,
+                                         device=str(self.device), threshold=f0_threshold)
+        f0, uv = predictor.compute_f0_uv(wav)
+        f0 = np.asarray(f0, dtype=np.float32)[:n_frames] * float(2.0 ** (transpose / 12.0))
+        uv = np.asarray(uv, dtype=np.float32)[:n_frames]
+        wav16 = resample(wav, self.sr, ENCODER_SR)
+        units = self.encode_units(wav16)  # [D, T_u]
+        if units.shape[-1] == 0:  # a piece shorter than the encoder's first window
+            units = units.new_zeros(units.shape[0], 1)
+        units = repeat_expand_2d(units.float().cpu(), n_frames, mode=self.unit_mode)
+        vol = volume(torch.from_numpy(np.ascontiguousarray(wav)), hop=self.hop)[None] if self.vol_embedding else None
+        dev = self.device
+        return PieceFeatures(
+            units[None].to(dev), torch.from_numpy(f0)[None].to(dev), torch.from_numpy(uv)[None].to(dev),
+            None if vol is None else vol.to(dev),
+        )
+
+    def encode_units(self, wav16: np.ndarray, context_seconds: float = 2.0) -> torch.Tensor:
+        """Units [D, T_u] of 16 kHz audio; pieces longer than `encoder_window_seconds` go in windows.
+
+        A speech encoder's self-attention is quadratic in length (a 10-minute piece would need tens
+        of GB), so long pieces are encoded in windows with `context_seconds` of extra audio on each
+        side, keeping each window's centre frames. Unlike the synthesis chunking this is an
+        approximation (attention sees 2 s of context instead of the whole piece); the original
+        cannot encode such pieces at all.
+        """
+        hop = int(getattr(self.encoder, "hop_size", 320))
+        window = int(self.encoder_window_seconds * ENCODER_SR) // hop * hop
+        if window <= 0 or len(wav16) <= window + 2 * hop:
+            return self.encoder.encode(torch.from_numpy(wav16))[0]
+        context = int(context_seconds * ENCODER_SR) // hop * hop
+        parts: list[torch.Tensor] = []
+        for a in range(0, len(wav16), window):
+            b = min(a + window, len(wav16))
+            lo, hi = max(a - context, 0), min(b + context, len(wav16))
+            units = self.encoder.encode(torch.from_numpy(wav16[lo:hi]))[0]
+            first = (a - lo) // hop
+            count = (b - a) // hop if b < len(wav16) else units.shape[-1] - first
+            parts.append(units[:, first: first + count])
+        return torch.cat(parts, dim=-1)
+
+    # ----- synthesis --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.fast:
+            dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                yield
+        else:
+            yield
+
+    @torch.inference_mode()
+    def synthesize(
+        self, feats: PieceFeatures, g: torch.Tensor, noise_scale: float = 0.4, seed: int | None = DEFAULT_SEED,
+        predict_f0: bool = False, progress: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio [1, 1, T*hop], f0 used [1, T]) for one piece; g is [1, gin, 1] or [1, gin, T].
+
+        Same random draws, in the same order, as SynthesizerTrn.infer: prior noise, then the
+        excitation (phases, noise); flow and decoder then run window by window.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = self.model
+        with self._autocast():
+            m_p, logs_p, f0_used, x_mask = model.encode_prior(
+                feats.units, feats.f0, feats.uv, g, vol=feats.vol, predict_f0=predict_f0
+            )
+        m_p, logs_p = m_p.float(), logs_p.float()
+        z_p = (m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale) * x_mask
+        f0_used = f0_used.float()
+        if f0_used.shape[-1] > self.chunk_frames > 0:  # long piece: same excitation, bounded memory
+            excitation = ExcitationStream(model.dec.m_source, f0_used, self.hop, self.chunk_frames)
+        else:
+            excitation = model.dec.excitation(f0_used)
+        with self._autocast():
+            audio = synthesize_chunked(model, z_p, x_mask, excitation, g, self.rf, self.hop,
+                                       self.chunk_frames, progress)
+        return audio.float(), f0_used
+
+    # ----- whole inputs -----------------------------------------------------------------------------------
+
+    def plan(self, audio: np.ndarray, sr: int, options: ConvertOptions) -> list[Piece]:
+        """Slice at silences (native rate) and map to pieces in output samples."""
+        ranges = None
+        if options.slicing:
+            from modules.slicer import slice_audio
+
+            ranges = [tuple(seg) for seg in slice_audio(audio, sr, threshold_db=float(options.slice_db))]
+        return plan_pieces(as_chunks(ranges, len(audio)), sr, self.sr, options.clip_seconds, options.linear_gradient)
+
+    def convert(
+        self, audio: np.ndarray, sr: int, options: ConvertOptions, predictor: Any = None, show_progress: bool = False,
+        stats: ConversionStats | None = None,
+    ) -> np.ndarray:
+        """Convert mono `audio` at `sr`; returns float32 audio at the model's rate, ceil(len*sr_model/sr) long."""
+        pieces = self.plan(audio, sr, options)
+        model_audio = resample(np.asarray(audio, dtype=np.float32), sr, self.sr)
+        total = to_output_samples(len(audio), sr, self.sr)
+        if len(model_audio) != total:  # the resampler may round the length differently: fix the end
+            model_audio = np.pad(model_audio, (0, max(0, total - len(model_audio))))[:total]
+        pad = int(self.sr * options.pad_seconds)
+        if predictor is None:
+            predictor = get_f0_predictor(options.f0_predictor, hop_length=self.hop, sampling_rate=self.sr,
+                                         device=str(self.device), threshold=options.f0_threshold)
+        mix = options.spk_mix if options.spk_mix is not None and options.spk_mix.enabled else None
+        g_fixed = None if mix else self.speaker_condition(self.resolve_speaker(options.speaker))
+        out = OutputAssembler(total, options.linear_gradient_retain)
+        bar = _progress_bar(pieces, show_progress)
+        for piece in bar:
+            if piece.silent:
+                out.add(piece, np.zeros(piece.length, dtype=np.float32))
+                continue
+            src = np.pad(model_audio[piece.start: piece.end], (pad, pad))
+            result = self._convert_piece(src, piece, pad, options, predictor, mix, g_fixed, total)
+            out.add(piece, pad_or_trim(result[pad: len(result) - pad] if pad else result, piece.length))
+            if stats is not None:
+                stats.voiced_pieces += 1
+                stats.frames += len(src) // self.hop
+        if stats is not None:
+            stats.pieces += len(pieces)
+        return out.audio
+
+    def _convert_piece(
+        self, src: np.ndarray, piece: Piece, pad: int, options: ConvertOptions, predictor: Any,
+        mix: SpeakerMix | None, g_fixed: torch.Tensor | None, total: int,
+    ) -> np.ndarray:
+        n_frames = len(src) // self.hop
+        if n_frames == 0:
+            return np.zeros(len(src), dtype=np.float32)
+        feats = self.piece_features(src, options.transpose, predictor=predictor)
+        if mix is not None:
+            times = frame_times(piece.start, n_frames, self.hop, pad, total)
+            g = mix.embedding(self.model.emb_g.weight, times)
+        else:
+            g = g_fixed
+        audio, _ = self.synthesize(feats, g, options.noise_scale, options.seed, options.auto_predict_f0)
+        result = audio[0, 0].cpu().numpy()
+        return loudness_envelope(src, result, self.sr, options.loudness_envelope_adjustment)
+
+    def convert_file(
+        self, path: str | os.PathLike, options: ConvertOptions, show_progress: bool = False,
+    ) -> np.ndarray:
+        """Read any audio file at its own rate and convert it."""
+        audio, sr = load_audio(path)
+        return self.convert(audio, sr, options, show_progress=show_progress)
+
+
+def _progress_bar(pieces: list[Piece], show: bool):
+    if not show:
+        return pieces
+    from tqdm import tqdm
+
+    return tqdm(pieces, desc="slices", unit="slice", leave=False, position=1)
+
+
+__all__ = [
+    "ConvertOptions", "ConversionStats", "InferenceError", "PieceFeatures", "SvcEngine",
+    "load_generator_strict", "pick_device", "DEFAULT_SEED",
+]
