@@ -31,10 +31,11 @@ TRANSPOSE = -12  # alto range -> bass range
 @dataclass
 class QuickstartSettings:
     workdir: Path = PROJECT_ROOT / "quickstart"
-    clips_per_speaker: int = 10
-    clip_seconds: float = 6.0
-    steps: int = 400
-    batch_size: int = 4
+    clips_per_speaker: int = 8
+    clip_seconds: float = 3.0
+    steps: int = 120
+    batch_size: int = 2
+    segment_size: int = 5120  # decoder training slice in samples; half the default keeps CPU steps short
     device: str = "cpu"
     f0_predictor: str | None = None  # None: rmvpe with pretrain/rmvpe.pt, else fcpe (shipped weights)
     seed: int = 0
@@ -165,8 +166,9 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
         ])
         hps = load_config(config_path)
         hps.train.batch_size = settings.batch_size
-        hps.train.eval_interval = max(50, settings.steps // 4)
-        hps.train.log_interval = 25
+        hps.train.segment_size = settings.segment_size
+        hps.train.eval_interval = settings.steps  # evaluate at the start and the end only
+        hps.train.log_interval = 20
         hps.train.keep_ckpts = 2
         save_config(hps, config_path)
     _run("features", [
@@ -176,7 +178,7 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
     ])
     _run("training", [
         "train.py", "-c", str(config_path), "-m", "44k", "--logs_root", str(logs), "--max_steps", str(settings.steps),
-        "--device", settings.device, "--no_progress",
+        "--device", settings.device, "--eval_items", "1",
     ])
     model_dir = logs / "44k"
     from modules.checkpoint import latest_checkpoint_path
@@ -188,9 +190,9 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
         "-t", str(TRANSPOSE), "-s", TARGET_SPEAKER, "-f0p", f0_predictor, "-wf", "wav",
         "--pretrain_dir", str(pretrain_dir), "--results_dir", str(results), "-d", settings.device, "--no_progress",
     ])
-    outputs = sorted(results.glob(f"{heldout.stem}_*{TARGET_SPEAKER}*.wav"), key=lambda p: p.stat().st_mtime)
+    outputs = sorted(results.glob(f"{heldout.name}_*{TARGET_SPEAKER}*.wav"), key=lambda p: p.stat().st_mtime)
     if not outputs:
-        raise QuickstartError(f"conversion wrote no file matching {results}/{heldout.stem}_*.wav")
+        raise QuickstartError(f"conversion wrote no file matching {results}/{heldout.name}_*.wav")
     converted = outputs[-1]
 
     from modules.pitch import get_f0_predictor
