@@ -10,9 +10,7 @@ import argparse
 import logging
 import sys
 
-from modules.checkpoint import CheckpointError
-from modules.config import ConfigError
-from modules.model_tools import ModelToolError, add_compress_arguments, run_compress
+from modules.model_tools import add_compress_arguments, run_cli, run_compress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     add_compress_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        out = run_compress(args)
-    except (ModelToolError, CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return run_cli(lambda: run_compress(args))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -195,19 +195,23 @@ def run_compress(args: argparse.Namespace) -> Path:
     return compress_checkpoint(args.input, args.config, args.output, args.half)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    args = _build_parser().parse_args(argv)
+def run_cli(action: Callable[[], Path]) -> int:
+    """Run a tool action for a command line: one-line error and exit 2 on a known failure."""
     try:
-        if args.command == "compress":
-            out = run_compress(args)
-        else:
-            out = mix_checkpoints(args.inputs, args.rates, args.mode, args.output)
+        out = action()
     except (ModelToolError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = _build_parser().parse_args(argv)
+    if args.command == "compress":
+        return run_cli(lambda: run_compress(args))
+    return run_cli(lambda: mix_checkpoints(args.inputs, args.rates, args.mode, args.output))
 
 
 if __name__ == "__main__":
