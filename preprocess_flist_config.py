@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from modules.config import SPEECH_ENCODER_DIMS
+from vencoder import encoder_names
 from modules.dataset_prep import DatasetError, prepare_flist_config
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source_dir", type=str, default="./dataset/44k",
                    help="resampled dataset root (one sub-folder per speaker); lines start with this text")
     p.add_argument("--speech_encoder", type=str, default="vec768l12",
-                   help=f"speech encoder; sets the unit dimensions ({', '.join(SPEECH_ENCODER_DIMS)})")
+                   help=f"speech encoder; sets the unit dimensions ({', '.join(encoder_names())})")
     p.add_argument("--vol_aug", action="store_true",
                    help="enable volume augmentation (sets train.vol_aug and model.vol_embedding)")
     p.add_argument("--tiny", action="store_true", help="use the tiny model template (filter_channels 512)")

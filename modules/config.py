@@ -17,7 +17,9 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from modules.errors import ConfigError
 from modules.fileio import write_text
+from vencoder import SPEECH_ENCODERS, encoder_names
 
 logger = logging.getLogger(__name__)
 
@@ -27,33 +29,12 @@ CONFIG_TEMPLATE = TEMPLATE_DIR / "config_template.json"
 TINY_CONFIG_TEMPLATE = TEMPLATE_DIR / "config_tiny_template.json"
 DIFFUSION_TEMPLATE = TEMPLATE_DIR / "diffusion_template.yaml"
 
-# Speech encoders the config may name, with the unit dimension each produces.
-# `None` means the dimension is defined by the ONNX file (the original leaves the template's 768).
-SPEECH_ENCODER_DIMS: dict[str, int | None] = {
-    "vec768l12": 768,
-    "vec256l9": 256,
-    "hubertsoft": 256,
-    "whisper-ppg": 1024,
-    "whisper-ppg-large": 1280,
-    "cnhubertlarge": 1024,
-    "dphubert": 768,
-    "wavlmbase+": 768,
-    "vec256l9-onnx": None,
-    "vec256l12-onnx": None,
-    "vec768l9-onnx": None,
-    "vec768l12-onnx": None,
-    "hubertsoft-onnx": None,
-}
 VOCODERS = ("nsf-hifigan", "nsf-snake-hifigan")
 DIFFUSION_VOCODERS = ("nsf-hifigan", "nsf-hifigan-log10")
 DIFFUSION_METHODS = ("dpm-solver++", "dpm-solver", "pndm", "ddim", "unipc")
 
 # Sections whose keys are free-form (speaker maps): not checked against the template.
 _FREE_FORM_SECTIONS = {"spk"}
-
-
-class ConfigError(ValueError):
-    """A config file is missing, unreadable or has an invalid field."""
 
 
 class HParams:
@@ -176,14 +157,16 @@ def _merge_with_template(data: dict[str, Any], template: dict[str, Any], path: P
     return merged
 
 
+def _check_encoder_name(encoder: Any, field: str, path: Path) -> None:
+    spec = SPEECH_ENCODERS.get(encoder) if isinstance(encoder, str) else None
+    if spec is None or not spec.built:
+        state = "not built in this version" if spec is not None else "not a known speech encoder"
+        raise ConfigError(f"{path}: field '{field}' is {encoder!r}, {state} (available: {', '.join(encoder_names())})")
+
+
 def _check_so_vits_fields(cfg: dict[str, Any], path: Path) -> None:
     model, data = cfg["model"], cfg["data"]
-    encoder = model["speech_encoder"]
-    if encoder not in SPEECH_ENCODER_DIMS:
-        raise ConfigError(
-            f"{path}: field 'model.speech_encoder' is {encoder!r}, not a known speech encoder "
-            f"(known: {', '.join(SPEECH_ENCODER_DIMS)})"
-        )
+    _check_encoder_name(model["speech_encoder"], "model.speech_encoder", path)
     vocoder = model["vocoder_name"]
     if vocoder not in VOCODERS:
         raise ConfigError(f"{path}: field 'model.vocoder_name' is {vocoder!r}; expected one of {', '.join(VOCODERS)}")
@@ -205,9 +188,7 @@ def _check_so_vits_fields(cfg: dict[str, Any], path: Path) -> None:
 
 
 def _check_diffusion_fields(cfg: dict[str, Any], path: Path) -> None:
-    encoder = cfg["data"]["encoder"]
-    if encoder not in SPEECH_ENCODER_DIMS:
-        raise ConfigError(f"{path}: field 'data.encoder' is {encoder!r}, not a known speech encoder")
+    _check_encoder_name(cfg["data"]["encoder"], "data.encoder", path)
     vocoder = cfg["vocoder"]["type"]
     if vocoder not in DIFFUSION_VOCODERS:
         raise ConfigError(f"{path}: field 'vocoder.type' is {vocoder!r}; expected one of {', '.join(DIFFUSION_VOCODERS)}")

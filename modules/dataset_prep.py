@@ -35,10 +35,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from modules.audio import AudioError, audio_duration, load_audio, resample, save_audio
-from modules.config import (SPEECH_ENCODER_DIMS, ConfigError, load_config, load_diffusion_template, load_template,
+from modules.config import (ConfigError, load_config, load_diffusion_template, load_template,
                             save_config, save_diffusion_config)
 from modules.fileio import write_text
 from modules.slicer import ClipParams, dataset_clips, frame_rms
+from vencoder import UnknownSpeechEncoder, encoder_spec
 
 logger = logging.getLogger(__name__)
 
@@ -477,9 +478,6 @@ MIN_CLIP_SECONDS = 0.3
 VAL_PER_SPEAKER = 2
 MIN_CLIPS_PER_SPEAKER = VAL_PER_SPEAKER + 1
 
-# The ONNX encoders' unit widths (the original leaves 768 for all of them, which breaks the 256-wide ones).
-_ONNX_ENCODER_DIMS = {"vec256l9-onnx": 256, "vec256l12-onnx": 256, "vec768l9-onnx": 768,
-                      "vec768l12-onnx": 768, "hubertsoft-onnx": 256}
 
 
 @dataclass
@@ -596,15 +594,11 @@ def split_dataset(clips: dict[str, list[str]], source_dir: str, seed: int = 1234
 
 
 def encoder_dim(speech_encoder: str) -> int:
-    """Unit width of a speech encoder; DatasetError for an unknown name."""
-    if speech_encoder not in SPEECH_ENCODER_DIMS:
-        raise DatasetError(f"unknown speech encoder '{speech_encoder}'; choose one of {', '.join(SPEECH_ENCODER_DIMS)}")
-    dim = SPEECH_ENCODER_DIMS[speech_encoder]
-    if dim is None:
-        dim = _ONNX_ENCODER_DIMS.get(speech_encoder)
-    if dim is None:
-        raise DatasetError(f"speech encoder '{speech_encoder}': its unit width is not known to preprocessing")
-    return dim
+    """Unit width of a speech encoder this project builds; DatasetError (listing the built ones) otherwise."""
+    try:
+        return encoder_spec(speech_encoder).dim
+    except UnknownSpeechEncoder as e:
+        raise DatasetError(str(e)) from None
 
 
 def build_configs(spk: dict[str, int], speech_encoder: str = "vec768l12", vol_aug: bool = False, tiny: bool = False,

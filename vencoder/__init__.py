@@ -4,14 +4,18 @@
     units = encoder.encode(wav_16k)              # [1, D, T_u], float32, CPU
     many = encoder.encode_batch([wav_a, wav_b])  # batched internally, same results
 
-Adding an encoder is a new module with a `SpeechEncoder` subclass plus one line in `_REGISTRY`;
-modules are imported lazily, so an encoder's dependencies load only when it is used.
+`SPEECH_ENCODERS` is the one table of the names a config may give as `model.speech_encoder`: each
+row says the unit width the encoder produces (the config's `ssl_dim`), its input sample rate, and
+which class builds it. Adding an encoder is a new module with a `SpeechEncoder` subclass plus its
+class path in that row; modules are imported lazily, so an encoder's dependencies load only when
+it is used.
 Built encoders are cached per (name, device, pretrain folder) for the whole process.
 """
 from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,12 +28,35 @@ from vencoder.base import (
     SpeechEncoderError,
 )
 
-# config name -> "module:Class"
-_REGISTRY: dict[str, str] = {
-    "vec768l12": "vencoder.contentvec:ContentVec768L12",
-    "vec256l9": "vencoder.contentvec:ContentVec256L9",
-    "hubertsoft": "vencoder.hubert_soft:HubertSoft",
-}
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One speech encoder a config may name."""
+
+    name: str
+    dim: int  # width of the units, the config's ssl_dim
+    target: str | None  # "module:Class" of the implementation; None while it is not built
+    sample_rate: int = base.ENCODER_SAMPLE_RATE
+
+    @property
+    def built(self) -> bool:
+        return self.target is not None
+
+
+SPEECH_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
+    EncoderSpec("vec768l12", 768, "vencoder.contentvec:ContentVec768L12"),
+    EncoderSpec("vec256l9", 256, "vencoder.contentvec:ContentVec256L9"),
+    EncoderSpec("hubertsoft", 256, "vencoder.hubert_soft:HubertSoft"),
+    EncoderSpec("whisper-ppg", 1024, None),
+    EncoderSpec("whisper-ppg-large", 1280, None),
+    EncoderSpec("cnhubertlarge", 1024, None),
+    EncoderSpec("dphubert", 768, None),
+    EncoderSpec("wavlmbase+", 768, None),
+    EncoderSpec("vec256l9-onnx", 256, None),
+    EncoderSpec("vec256l12-onnx", 256, None),
+    EncoderSpec("vec768l9-onnx", 768, None),
+    EncoderSpec("vec768l12-onnx", 768, None),
+    EncoderSpec("hubertsoft-onnx", 256, None),
+)}
 _cache: dict[tuple[str, str, str], SpeechEncoder] = {}
 _cache_lock = threading.Lock()
 
@@ -39,16 +66,22 @@ class UnknownSpeechEncoder(SpeechEncoderError, ValueError):
 
 
 def encoder_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    """The names this project can build."""
+    return tuple(name for name, spec in SPEECH_ENCODERS.items() if spec.built)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    """The table row for a built encoder; UnknownSpeechEncoder (listing the built ones) otherwise."""
+    spec = SPEECH_ENCODERS.get(name)
+    if spec is None or not spec.built:
+        state = "not built in this version" if spec is not None else "unknown"
+        raise UnknownSpeechEncoder(f"speech encoder '{name}' is {state}; available: {', '.join(encoder_names())}")
+    return spec
 
 
 def encoder_class(name: str) -> type[SpeechEncoder]:
     """The class registered for `name`, imported on first use."""
-    if name not in _REGISTRY:
-        raise UnknownSpeechEncoder(
-            f"unknown or not yet supported speech encoder '{name}'; available: {', '.join(_REGISTRY)}"
-        )
-    module_name, class_name = _REGISTRY[name].split(":")
+    module_name, class_name = encoder_spec(name).target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
@@ -78,6 +111,7 @@ def clear_cache() -> None:
 
 
 __all__ = [
-    "CheckpointFormatError", "PretrainedFileMissing", "SpeechEncoder", "SpeechEncoderError",
-    "UnknownSpeechEncoder", "clear_cache", "encoder_class", "encoder_names", "get_speech_encoder",
+    "CheckpointFormatError", "EncoderSpec", "PretrainedFileMissing", "SPEECH_ENCODERS", "SpeechEncoder",
+    "SpeechEncoderError", "UnknownSpeechEncoder", "clear_cache", "encoder_class", "encoder_names", "encoder_spec",
+    "get_speech_encoder",
 ]
