@@ -14,7 +14,7 @@ from modules.model_tools import add_compress_arguments, run_cli, run_compress
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="compress_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_compress_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

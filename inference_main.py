@@ -18,15 +18,12 @@ from typing import Sequence
 
 import soundfile as sf
 
-from modules.audio import AudioError, save_audio
-from modules.checkpoint import CheckpointError
-from modules.config import ConfigError
-from modules.inference import ConvertOptions, InferenceError, SvcEngine
+from modules.audio import save_audio
+from modules.errors import AudioError, CheckpointError, ConfigError, InferenceError
+from modules.inference import ConvertOptions, SvcEngine
 from modules.inference_plan import output_name
 from modules.pitch import PREDICTOR_NAMES
-from modules.slicer import SlicerError
-from modules.spkmix import SpkMixError, load_spk_mix
-from vencoder import SpeechEncoderError
+from modules.spkmix import load_spk_mix
 
 logger = logging.getLogger("inference_main")
 
@@ -41,7 +38,7 @@ class Job:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="inference_main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model_path", default="logs/44k/G_37600.pth", help="G checkpoint (G_*.pth or a release file)")
     p.add_argument("-c", "--config_path", default="logs/44k/config.json", help="config.json the model was trained with")
     p.add_argument("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = only cut at silences")
@@ -150,7 +147,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 # Errors that mean "the user must change something": reported as one line, exit code 2.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    InferenceError, ConfigError, CheckpointError, AudioError, SpkMixError, SlicerError, SpeechEncoderError,
+    InferenceError, ConfigError, CheckpointError, AudioError, InferenceError, ConfigError, CheckpointError,
 )
 
 

@@ -24,8 +24,13 @@ from torch import nn
 
 from modules import attentions
 from modules.commons import (
-    LRELU_SLOPE, get_padding, normalize_f0, rand_slice_segments_with_pitch, remove_all_weight_norm,
-    sequence_mask, weight_norm,
+    LRELU_SLOPE,
+    get_padding,
+    normalize_f0,
+    rand_slice_segments_with_pitch,
+    remove_all_weight_norm,
+    sequence_mask,
+    weight_norm,
 )
 from modules.features import f0_to_coarse
 from modules.nets import WN, ResidualCouplingBlock, TransformerCouplingBlock

@@ -12,13 +12,15 @@ import dataclasses
 import logging
 import sys
 
-from modules.preprocess import PreprocessSettings, PreprocessSetupError, find_clips, run_preprocess
+from modules.cli import run_cli
+from modules.errors import DatasetError
+from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
 
 logger = logging.getLogger("preprocess_hubert_f0")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="preprocess_hubert_f0.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--device", type=str, default=None,
                    help="torch device for the encoder and F0 network, e.g. cpu or cuda:0; default: every GPU "
                         "(process r uses cuda:r%%n_gpus), else cpu")
@@ -41,27 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = PreprocessSettings.from_configs(args.config, args.diffusion_config, args.f0_predictor,
-                                                   args.use_diff)
-        if args.pretrain_dir is not None:
-            settings = dataclasses.replace(settings, pretrain_dir=args.pretrain_dir)
-        clips = find_clips(args.in_dir)
-        if not clips:
-            print(f"no clips found under {args.in_dir}/*/*.wav", file=sys.stderr)
-            return 2
-        report = run_preprocess(clips, settings, num_processes=args.num_processes, device=args.device)
-    except PreprocessSetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    settings = PreprocessSettings.from_configs(args.config, args.diffusion_config, args.f0_predictor, args.use_diff)
+    if args.pretrain_dir is not None:
+        settings = dataclasses.replace(settings, pretrain_dir=args.pretrain_dir)
+    clips = find_clips(args.in_dir)
+    if not clips:
+        raise DatasetError(f"no clips found under {args.in_dir}/*/*.wav")
+    report = run_preprocess(clips, settings, num_processes=args.num_processes, device=args.device)
     print(f"{report.processed} clips processed ({report.audio_seconds:.1f} s of audio in {report.wall_seconds:.1f} s, "
           f"{report.realtime_factor:.1f}x real time), {report.skipped} already done, {len(report.failed)} failed")
     for path, message in report.failed:
-        print(f"  failed: {path}: {message}", file=sys.stderr)
+        logger.error("failed: %s: %s", path, message)
     return 1 if report.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from modules.quickstart import QuickstartError, QuickstartSettings, run_quickstart
+from modules.errors import SvcError
+from modules.quickstart import QuickstartSettings, run_quickstart
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = QuickstartSettings()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="quickstart.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=defaults.workdir, help="work folder (default: quickstart/)")
     p.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
     p.add_argument("--clips", type=int, default=defaults.clips_per_speaker,
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f0_predictor=args.f0_predictor, fresh=args.fresh)
     try:
         result = run_quickstart(settings)
-    except QuickstartError as e:
+    except SvcError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"\nQuick-start finished in {result.seconds / 60:.1f} min.")

@@ -1,21 +1,20 @@
 """Prepare raw clips for training: dataset_raw/<speaker>/* -> dataset/44k/<speaker>/*.wav.
 
 Mono, leading/trailing silence trimmed, resampled to 44.1 kHz, loudness-normalised, 16-bit PCM.
-The logic lives in modules.dataset_prep; this is the command line.
+The logic lives in modules.resample; this is the command line.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from modules.dataset_prep import (DatasetError, ResampleOptions, default_num_processes, plan_resample, run_resample,
-                                  summarise_resample)
-from modules.slicer import ClipParams, SlicerError
+from modules.cli import run_cli
+from modules.resample import ResampleOptions, default_num_processes, plan_resample, run_resample, summarise_resample
+from modules.slicer import ClipParams
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="resample.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sr2", type=int, default=44100, help="target sampling rate in Hz")
     p.add_argument("--in_dir", type=str, default="./dataset_raw", help="source root; each sub-folder is one speaker")
     p.add_argument("--out_dir2", type=str, default="./dataset/44k", help="destination root")
@@ -44,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> None:
     options = ResampleOptions(
         sr=args.sr2,
         loudnorm="none" if args.skip_loudnorm else args.loudnorm,
@@ -57,15 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         slice=args.slice,
         clip=ClipParams(min_seconds=args.slice_min, max_seconds=args.slice_max, threshold_db=args.slice_db),
     )
-    try:
-        options.check()
-        jobs, refused = plan_resample(args.in_dir, args.out_dir2)
-        results = run_resample(jobs, options, max(1, args.num_processes), progress=not args.no_progress)
-    except (DatasetError, SlicerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    options.check()
+    jobs, refused = plan_resample(args.in_dir, args.out_dir2)
+    results = run_resample(jobs, options, max(1, args.num_processes), progress=not args.no_progress)
     print(summarise_resample(refused + results))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

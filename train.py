@@ -10,21 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modules.config import ConfigError
-from modules.data import DatasetError
-from modules.training import PRECISIONS, TrainingError, TrainOptions, run_training
-
-
-def _checkpoint_error() -> type[Exception]:
-    try:
-        from modules.checkpoint import CheckpointError
-    except ImportError:  # the checkpoint module defines it; keep the CLI importable without it
-        return TrainingError
-    return CheckpointError
+from modules.cli import run_cli
+from modules.training import PRECISIONS, TrainOptions, run_training
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default="./configs/config.json",
                    help="JSON config file (copied byte for byte to the model folder); default ./configs/config.json")
     p.add_argument("-m", "--model", required=True,
@@ -47,22 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     options = TrainOptions(
         device=args.device, precision=args.precision, max_steps=args.max_steps, num_workers=args.num_workers,
         max_nan_steps=args.max_nan_steps, eval_items=args.eval_items, progress=not args.no_progress,
     )
-    try:
-        next_step = run_training(args.config, args.model, options, logs_root=args.logs_root)
-    except (TrainingError, DatasetError, ConfigError, _checkpoint_error()) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as e:
-        print(f"train.py: interrupted ({e or 'Ctrl-C'}); no checkpoint written for the current step", file=sys.stderr)
-        return 130
+    next_step = run_training(args.config, args.model, options, logs_root=args.logs_root)
     print(f"training stopped; next step would be {next_step}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def _peak_mb(device) -> float:
 
 def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_frames: int) -> dict:
     """One measurement in this process (called in a fresh subprocess by main)."""
-    import numpy as np
     import torch
 
     from models import SynthesizerTrn

@@ -58,14 +58,15 @@ def _setup(work: Path, clips: int, seconds: float) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from modules.preprocess import MelSettings, PreprocessSettings, find_clips, run_preprocess
+    from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
+    from vdecoder.vocoder import VocoderMel
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         pretrain, clean = _setup(work, args.clips, args.seconds)
         settings = PreprocessSettings(speech_encoder="vec768l12", f0_predictor=args.f0_predictor,
-                                      write_volume=True, use_diff=args.use_diff, mel=MelSettings(),
+                                      write_volume=True, use_diff=args.use_diff, mel=VocoderMel(),
                                       pretrain_dir=str(pretrain))
         rows = []
         for n in args.processes:

@@ -14,14 +14,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from modules.errors import AudioError
 from modules.fileio import atomic_path
 
+# File endings of the formats libsndfile reads; the resample stage and batch conversion pick files by them.
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+                              ".w64", ".caf", ".au"})
 SUBTYPES = {"PCM_16", "PCM_24", "FLOAT"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
-
-
-class AudioError(ValueError):
-    """An audio file cannot be used; the message names the file and the problem."""
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -25,15 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from modules.errors import CheckpointError
 from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)
 
 _CKPT_NAME = re.compile(r"^(?P<prefix>[GD])_(?P<step>\d+)\.pth$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, unsafe or does not fit; the message names the file."""
 
 
 @dataclass

@@ -26,11 +26,12 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from modules.audio import AudioError, load_audio
-from modules.feature_files import ClipFiles
+from modules.audio import load_audio
+from modules.dataset_files import ClipFiles
+from modules.errors import AudioError, DatasetError, UnsafeCheckpointError
 from modules.features import repeat_expand_2d, spectrogram, volume
 from modules.fileio import save_torch
-from modules.safe_numpy import UnsafeNumpyFile, load_f0
+from modules.safe_numpy import load_f0
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ CROP_THRESHOLD = 800
 CROP_FRAMES = 790
 # Speech encoders emit about 50 unit frames per second; a units file far off that rate belongs to another clip.
 UNIT_FRAME_RATE = 50.0
-
-
-class DatasetError(ValueError):
-    """A training clip or file list is missing, unreadable or inconsistent; the message names the clip."""
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -75,7 +72,7 @@ def read_f0_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         f0, uv = load_f0(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: f0 file not found (run preprocess_hubert_f0.py)") from None
-    except (UnsafeNumpyFile, ValueError, OSError, EOFError) as e:
+    except (UnsafeCheckpointError, ValueError, OSError, EOFError) as e:
         raise DatasetError(f"{path}: not a valid f0 file ({e})") from None
     if not (np.all(np.isfinite(f0)) and np.all(np.isfinite(uv))):
         raise DatasetError(f"{path}: f0 file contains NaN or infinite values")

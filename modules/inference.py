@@ -28,10 +28,18 @@ import torch
 from modules.audio import load_audio, resample
 from modules.checkpoint import safe_load
 from modules.config import HParams, load_config
+from modules.errors import InferenceError
 from modules.features import repeat_expand_2d, volume
 from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
 from modules.inference_plan import (
-    OutputAssembler, Piece, as_chunks, frame_times, loudness_envelope, pad_or_trim, plan_pieces, to_output_samples,
+    OutputAssembler,
+    Piece,
+    as_chunks,
+    frame_times,
+    loudness_envelope,
+    pad_or_trim,
+    plan_pieces,
+    to_output_samples,
 )
 from modules.pitch import get_f0_predictor
 from modules.spkmix import SpeakerMix
@@ -41,10 +49,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEED = 52468
 ENCODER_SR = 16000
 TRAINING_ONLY = "enc_q"
-
-
-class InferenceError(RuntimeError):
-    """Inference cannot proceed; the message says what is wrong and what to do."""
 
 
 @dataclass

@@ -27,8 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from modules.checkpoint import CheckpointError, safe_load
-from modules.config import ConfigError, HParams, load_config
+from modules.checkpoint import safe_load
+from modules.config import HParams, load_config
+from modules.errors import CheckpointError, ConfigError
 from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ speech encoder runs on batches of clips of similar length.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -31,48 +30,19 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from modules.audio import AudioError, load_audio, resample
-from modules.config import ConfigError, load_config, load_diffusion_config
-from modules.feature_files import ClipFiles
-from modules.features import nsf_mel, spectrogram, volume
+from modules.audio import load_audio, resample
+from modules.config import load_config, load_diffusion_config
+from modules.dataset_files import ClipFiles
+from modules.errors import AudioError, CheckpointError, ConfigError, SvcError
+from modules.features import spectrogram, volume
 from modules.fileio import save_numpy, save_torch
 from modules.safe_numpy import save_aug_mel, save_f0
+from vdecoder.vocoder import VocoderMel
 
 logger = logging.getLogger(__name__)
 
 ENCODER_SR = 16000
 F0_THRESHOLD = 0.05
-
-
-class PreprocessSetupError(RuntimeError):
-    """The job cannot start or go on (missing pretrained file, bad config, unknown predictor)."""
-
-
-@dataclass(frozen=True)
-class MelSettings:
-    """NSF-HiFiGAN mel parameters (from the vocoder's config.json when present)."""
-
-    sampling_rate: int = 44100
-    n_mels: int = 128
-    n_fft: int = 2048
-    win_size: int = 2048
-    hop_size: int = 512
-    fmin: float = 40.0
-    fmax: float = 16000.0
-
-    @classmethod
-    def from_vocoder_folder(cls, ckpt: str | os.PathLike) -> "MelSettings":
-        """Read `config.json` next to the vocoder checkpoint; the weights themselves are not needed here."""
-        path = Path(ckpt).parent / "config.json"
-        if not path.is_file():
-            logger.warning("%s not found; using the NSF-HiFiGAN 44.1 kHz mel defaults %s", path, cls())
-            return cls()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(int(data["sampling_rate"]), int(data["num_mels"]), int(data["n_fft"]), int(data["win_size"]),
-                       int(data["hop_size"]), float(data["fmin"]), float(data["fmax"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise PreprocessSetupError(f"{path}: not a usable vocoder config ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -88,28 +58,22 @@ class PreprocessSettings:
     f0_threshold: float = F0_THRESHOLD
     write_volume: bool = False
     use_diff: bool = False
-    mel: MelSettings = field(default_factory=MelSettings)
+    mel: VocoderMel = field(default_factory=VocoderMel)
     pretrain_dir: str | None = None  # None: the project's pretrain/ folder
     aug_seed: int | None = None  # None: unseeded like the original; an int makes the aug files reproducible
 
     @classmethod
     def from_configs(cls, config_path: str | os.PathLike, diffusion_config_path: str | os.PathLike | None,
                      f0_predictor: str, use_diff: bool, **overrides: Any) -> "PreprocessSettings":
-        try:
-            hps = load_config(config_path)
-        except ConfigError as e:
-            raise PreprocessSetupError(str(e)) from None
-        mel = MelSettings()
+        hps = load_config(config_path)
+        mel = VocoderMel()
         if use_diff:
             if diffusion_config_path is None:
-                raise PreprocessSetupError("--use_diff needs a diffusion config")
-            try:
-                dcfg = load_diffusion_config(diffusion_config_path)
-            except ConfigError as e:
-                raise PreprocessSetupError(str(e)) from None
-            mel = MelSettings.from_vocoder_folder(dcfg.vocoder.ckpt)
+                raise ConfigError("--use_diff needs a diffusion config")
+            dcfg = load_diffusion_config(diffusion_config_path)
+            mel = VocoderMel.of_checkpoint(dcfg.vocoder.ckpt)
             if mel.hop_size != hps.data.hop_length or mel.sampling_rate != hps.data.sampling_rate:
-                raise PreprocessSetupError(
+                raise ConfigError(
                     f"vocoder mel (sr {mel.sampling_rate}, hop {mel.hop_size}) does not match {config_path} "
                     f"(sr {hps.data.sampling_rate}, hop {hps.data.hop_length})"
                 )
@@ -185,17 +149,16 @@ class ClipProcessor:
     def _setup(self) -> None:
         if self._encoder is not None:
             return
-        from vencoder import SpeechEncoderError, get_speech_encoder
+        from vencoder import get_speech_encoder
 
         try:
             self._f0 = self.f0_factory(self.settings, self.device)
-        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-            raise PreprocessSetupError(f"F0 predictor '{self.settings.f0_predictor}': {e}") from None
-        try:
-            self._encoder = get_speech_encoder(self.settings.speech_encoder, device=self.device,
-                                               pretrain_dir=self.settings.pretrain_dir)
-        except (SpeechEncoderError, FileNotFoundError) as e:
-            raise PreprocessSetupError(str(e)) from None
+        except SvcError:
+            raise
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            raise CheckpointError(f"F0 predictor '{self.settings.f0_predictor}': {e}") from None
+        self._encoder = get_speech_encoder(self.settings.speech_encoder, device=self.device,
+                                           pretrain_dir=self.settings.pretrain_dir)
 
     def process(self, wavs: Sequence[Path]) -> list[ClipResult]:
         """Process a batch of clips; the encoder runs once on all of them that need units."""
@@ -258,11 +221,8 @@ class ClipProcessor:
             self._write_diffusion_features(files, y, missing)
 
     def _write_diffusion_features(self, files: ClipFiles, y: torch.Tensor, missing: set[Path]) -> None:
-        m = self.settings.mel
-
         def mel_of(audio: torch.Tensor, keyshift: float = 0.0) -> np.ndarray:
-            mel = nsf_mel(audio, sr=m.sampling_rate, n_fft=m.n_fft, hop=m.hop_size, win=m.win_size,
-                          n_mels=m.n_mels, fmin=m.fmin, fmax=m.fmax, keyshift=keyshift)
+            mel = self.settings.mel.extract(audio, keyshift)
             return mel.transpose(0, 1).numpy().astype(np.float32)  # (T, n_mels)
 
         if files.mel in missing:
@@ -376,13 +336,10 @@ def run_preprocess(
 def _resolve_pretrain_dir(settings: PreprocessSettings) -> PreprocessSettings:
     """Fix the pretrained folder in the parent (workers may not share its state) and fail fast,
     before any process starts, when the encoder's weight file is missing."""
-    from vencoder import SpeechEncoderError, base, encoder_class
+    from vencoder import base, encoder_class
 
     folder = settings.pretrain_dir or str(base.default_pretrain_dir())
-    try:
-        encoder_class(settings.speech_encoder).check_weights(folder)
-    except SpeechEncoderError as e:
-        raise PreprocessSetupError(str(e)) from None
+    encoder_class(settings.speech_encoder).check_weights(folder)
     return dataclasses.replace(settings, pretrain_dir=folder)
 
 
@@ -405,7 +362,7 @@ def _run_pool(chunks: list[list[Path]], settings: PreprocessSettings, n_workers:
                 if error is not None:
                     for other in futures:
                         other.cancel()
-                    if isinstance(error, PreprocessSetupError):
+                    if isinstance(error, SvcError):
                         raise error
-                    raise PreprocessSetupError(f"a worker process failed: {type(error).__name__}: {error}")
+                    raise RuntimeError(f"a worker process failed: {type(error).__name__}: {error}") from error
                 collect(fut.result())

@@ -20,6 +20,7 @@ import numpy as np
 
 from modules.audio import load_audio, save_audio
 from modules.config import PROJECT_ROOT, load_config, save_config
+from modules.errors import SvcError
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +58,13 @@ class QuickstartResult:
     seconds: float
 
 
-class QuickstartError(RuntimeError):
-    """A pipeline stage failed; the message names the stage and its command."""
-
-
 def _run(stage: str, args: list[str]) -> None:
     command = [sys.executable, *args]
     logger.info("[%s] %s", stage, " ".join(args))
     started = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT_ROOT)
     if done.returncode != 0:
-        raise QuickstartError(f"stage '{stage}' failed (exit {done.returncode}): {' '.join(command)}")
+        raise SvcError(f"stage '{stage}' failed (exit {done.returncode}): {' '.join(command)}")
     logger.info("[%s] done in %.0f s", stage, time.perf_counter() - started)
 
 
@@ -204,7 +201,7 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
     ])
     outputs = sorted(results.glob(f"{heldout.name}_*{TARGET_SPEAKER}*.wav"), key=lambda p: p.stat().st_mtime)
     if not outputs:
-        raise QuickstartError(f"conversion wrote no file matching {results}/{heldout.name}_*.wav")
+        raise SvcError(f"conversion wrote no file matching {results}/{heldout.name}_*.wav")
     converted = outputs[-1]
 
     accuracy, plot = evaluate_conversion(settings, converted, work / "results", demo, encoder)

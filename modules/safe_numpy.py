@@ -20,16 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from modules.errors import UnsafeCheckpointError
 from modules.fileio import atomic_path
 
 try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct, scalar as _scalar
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.multiarray import scalar as _scalar
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct, scalar as _scalar  # type: ignore[no-redef]
-
-
-class UnsafeNumpyFile(ValueError):
-    """A .npy file is not what it should be or its pickle asks for something we refuse to load."""
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.multiarray import scalar as _scalar
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -88,11 +87,11 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
             elif version == (2, 0):
                 shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
             else:
-                raise UnsafeNumpyFile(f"{path}: unsupported .npy format version {version}")
+                raise UnsafeCheckpointError(f"{path}: unsupported .npy format version {version}")
         except ValueError as e:
-            if isinstance(e, UnsafeNumpyFile):
+            if isinstance(e, UnsafeCheckpointError):
                 raise
-            raise UnsafeNumpyFile(f"{path}: not a .npy file ({e})") from None
+            raise UnsafeCheckpointError(f"{path}: not a .npy file ({e})") from None
         if not dtype.hasobject:
             f.seek(0)
             return np.load(f, allow_pickle=False)
@@ -100,9 +99,9 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
     try:
         array = _ArrayUnpickler(io.BytesIO(payload)).load()
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
-        raise UnsafeNumpyFile(f"{path}: refusing the pickled payload ({e})") from None
+        raise UnsafeCheckpointError(f"{path}: refusing the pickled payload ({e})") from None
     if not isinstance(array, np.ndarray) or tuple(array.shape) != tuple(shape):
-        raise UnsafeNumpyFile(f"{path}: the pickled payload is not the declared array of shape {shape}")
+        raise UnsafeCheckpointError(f"{path}: the pickled payload is not the declared array of shape {shape}")
     return array
 
 
@@ -110,11 +109,11 @@ def load_f0(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(f0, uv) as float32 [T] from an `x.wav.f0.npy` (object or float array of shape (2, T))."""
     array = load_npy(path)
     if array.ndim != 2 or array.shape[0] != 2:
-        raise UnsafeNumpyFile(f"{path}: expected an f0 array of shape (2, T), got {array.shape}")
+        raise UnsafeCheckpointError(f"{path}: expected an f0 array of shape (2, T), got {array.shape}")
     try:
         values = np.asarray(array.tolist() if array.dtype == object else array, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        raise UnsafeNumpyFile(f"{path}: f0 array holds non-numbers ({e})") from None
+        raise UnsafeCheckpointError(f"{path}: f0 array holds non-numbers ({e})") from None
     return values[0], values[1]
 
 
@@ -131,11 +130,11 @@ def load_aug_mel(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """(mel float32 (T, n_mels), keyshift) from an `x.wav.aug_mel.npy`."""
     array = load_npy(path)
     if array.shape != (2,) or not isinstance(array[0], np.ndarray) or array[0].ndim != 2:
-        raise UnsafeNumpyFile(f"{path}: expected an object array (mel (T, n_mels), keyshift)")
+        raise UnsafeCheckpointError(f"{path}: expected an object array (mel (T, n_mels), keyshift)")
     try:
         keyshift = float(array[1])
     except (TypeError, ValueError):
-        raise UnsafeNumpyFile(f"{path}: keyshift is not a number") from None
+        raise UnsafeCheckpointError(f"{path}: keyshift is not a number") from None
     return np.asarray(array[0], dtype=np.float32), keyshift
 
 

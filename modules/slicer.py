@@ -23,11 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from modules.errors import ConfigError
+
 logger = logging.getLogger(__name__)
-
-
-class SlicerError(ValueError):
-    """Slicer parameters that cannot work together."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +39,16 @@ class SlicerParams:
     max_sil_kept_ms: float = 5000.0
 
     def check(self) -> None:
-        """Raise SlicerError unless min_length >= min_interval >= hop and max_sil_kept >= hop."""
+        """Raise ConfigError unless min_length >= min_interval >= hop and max_sil_kept >= hop."""
         if self.hop_ms <= 0:
-            raise SlicerError(f"hop_ms must be positive, got {self.hop_ms}")
+            raise ConfigError(f"hop_ms must be positive, got {self.hop_ms}")
         if not self.min_length_ms >= self.min_interval_ms >= self.hop_ms:
-            raise SlicerError(
+            raise ConfigError(
                 "slicer needs min_length_ms >= min_interval_ms >= hop_ms, got "
                 f"{self.min_length_ms}, {self.min_interval_ms}, {self.hop_ms}"
             )
         if self.max_sil_kept_ms < self.hop_ms:
-            raise SlicerError(f"max_sil_kept_ms ({self.max_sil_kept_ms}) must be at least hop_ms ({self.hop_ms})")
+            raise ConfigError(f"max_sil_kept_ms ({self.max_sil_kept_ms}) must be at least hop_ms ({self.hop_ms})")
 
 
 class Segment(NamedTuple):
@@ -214,7 +212,7 @@ class ClipParams:
 
     def check(self) -> None:
         if not 0 < self.min_seconds <= self.max_seconds:
-            raise SlicerError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
+            raise ConfigError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
 
 
 def _split_long(rms: np.ndarray, hop: int, start: int, end: int, min_len: int, max_len: int) -> list[tuple[int, int]]:

@@ -22,12 +22,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from modules.errors import InferenceError
+
 MAP_VARIABLE = "spk_mix_map"
 _TOLERANCE = 1e-9
-
-
-class SpkMixError(ValueError):
-    """The speaker-mix map is malformed; the message names the file (if any) and the entry."""
 
 
 @dataclass(frozen=True)
@@ -84,27 +82,27 @@ def _is_number(x: Any) -> bool:
 def validate_spk_mix(
     mix_map: Any, speakers: Mapping[str, int] | None = None, n_speakers: int | None = None, source: str = "spk_mix_map"
 ) -> SpeakerMix:
-    """Check a map and return it as a `SpeakerMix`; raise SpkMixError naming `source` and the bad entry.
+    """Check a map and return it as a `SpeakerMix`; raise InferenceError naming `source` and the bad entry.
 
     `speakers` (the config's name -> id map) makes every configured speaker required, as in the
     original; keys may then also be speaker names. `n_speakers` bounds the ids.
     """
     if not isinstance(mix_map, Mapping):
-        raise SpkMixError(f"{source}: {MAP_VARIABLE} must be a dict {{speaker_id: [[t0, t1, v0, v1], ...]}}")
+        raise InferenceError(f"{source}: {MAP_VARIABLE} must be a dict {{speaker_id: [[t0, t1, v0, v1], ...]}}")
     if not mix_map:
-        raise SpkMixError(f"{source}: {MAP_VARIABLE} is empty")
+        raise InferenceError(f"{source}: {MAP_VARIABLE} is empty")
     speakers = dict(speakers or {})
     resolved: dict[int, tuple[MixSegment, ...]] = {}
     for key, entries in mix_map.items():
         spk_id = _resolve_key(key, speakers, n_speakers, source)
         if spk_id in resolved:
-            raise SpkMixError(f"{source}: speaker {key!r} appears twice (as id {spk_id})")
+            raise InferenceError(f"{source}: speaker {key!r} appears twice (as id {spk_id})")
         resolved[spk_id] = _validate_segments(key, entries, source)
     if speakers:
         missing = sorted(set(speakers.values()) - set(resolved))
         if missing:
             names = ", ".join(f"{n} ({i})" for n, i in sorted(speakers.items(), key=lambda kv: kv[1]) if i in missing)
-            raise SpkMixError(
+            raise InferenceError(
                 f"{source}: every speaker of the config needs an entry; missing {names}. "
                 f"Give unused speakers [[0.0, 1.0, 0.0, 0.0]]"
             )
@@ -117,37 +115,37 @@ def _resolve_key(key: Any, speakers: Mapping[str, int], n_speakers: int | None, 
         return speakers[key]
     if isinstance(key, bool) or not isinstance(key, int):
         known = f" (speakers: {', '.join(speakers)})" if speakers else ""
-        raise SpkMixError(f"{source}: key {key!r} is not a speaker id (an int) or a known speaker name{known}")
+        raise InferenceError(f"{source}: key {key!r} is not a speaker id (an int) or a known speaker name{known}")
     if key < 0 or (n_speakers is not None and key >= n_speakers):
-        raise SpkMixError(f"{source}: speaker id {key} is out of range 0..{(n_speakers or 1) - 1}")
+        raise InferenceError(f"{source}: speaker id {key} is out of range 0..{(n_speakers or 1) - 1}")
     if speakers and key not in speakers.values():
-        raise SpkMixError(f"{source}: speaker id {key} is not in the config's spk map ({dict(speakers)})")
+        raise InferenceError(f"{source}: speaker id {key} is not in the config's spk map ({dict(speakers)})")
     return key
 
 
 def _validate_segments(key: Any, entries: Any, source: str) -> tuple[MixSegment, ...]:
     where = f"{source}: speaker {key!r}"
     if not isinstance(entries, (list, tuple)) or not entries:
-        raise SpkMixError(f"{where}: expected a non-empty list of [t_start, t_end, v_start, v_end]")
+        raise InferenceError(f"{where}: expected a non-empty list of [t_start, t_end, v_start, v_end]")
     segments: list[MixSegment] = []
     for i, seg in enumerate(entries):
         if not isinstance(seg, (list, tuple)) or len(seg) != 4 or not all(_is_number(x) for x in seg):
-            raise SpkMixError(f"{where}, segment {i}: expected 4 numbers [t_start, t_end, v_start, v_end], got {seg!r}")
+            raise InferenceError(f"{where}, segment {i}: expected 4 numbers [t_start, t_end, v_start, v_end], got {seg!r}")
         t0, t1, v0, v1 = (float(x) for x in seg)
         if not (0.0 <= t0 < t1 <= 1.0):
-            raise SpkMixError(f"{where}, segment {i}: times must satisfy 0 <= t_start < t_end <= 1, got {t0}, {t1}")
+            raise InferenceError(f"{where}, segment {i}: times must satisfy 0 <= t_start < t_end <= 1, got {t0}, {t1}")
         if v0 < 0 or v1 < 0:
-            raise SpkMixError(f"{where}, segment {i}: weights must be >= 0, got {v0}, {v1}")
+            raise InferenceError(f"{where}, segment {i}: weights must be >= 0, got {v0}, {v1}")
         if i == 0 and abs(t0) > _TOLERANCE:
-            raise SpkMixError(f"{where}: the first segment must start at 0, not {t0}")
+            raise InferenceError(f"{where}: the first segment must start at 0, not {t0}")
         if i > 0 and abs(t0 - segments[-1].t_end) > _TOLERANCE:
-            raise SpkMixError(
+            raise InferenceError(
                 f"{where}, segment {i}: starts at {t0} but the previous segment ends at {segments[-1].t_end}; "
                 f"segments must be contiguous"
             )
         segments.append(MixSegment(t0, t1, v0, v1))
     if abs(segments[-1].t_end - 1.0) > _TOLERANCE:
-        raise SpkMixError(f"{where}: the last segment must end at 1, not {segments[-1].t_end}")
+        raise InferenceError(f"{where}: the last segment must end at 1, not {segments[-1].t_end}")
     return tuple(segments)
 
 
@@ -157,20 +155,20 @@ def read_spk_mix_file(path: str | os.PathLike) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpkMixError(f"{path}: speaker-mix file not found (copy spkmix.py from the project root)") from None
+        raise InferenceError(f"{path}: speaker-mix file not found (copy spkmix.py from the project root)") from None
     try:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as e:
-        raise SpkMixError(f"{path}: not valid Python (line {e.lineno}: {e.msg})") from None
+        raise InferenceError(f"{path}: not valid Python (line {e.lineno}: {e.msg})") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == MAP_VARIABLE for t in node.targets):
             try:
                 return ast.literal_eval(node.value)
             except ValueError:
-                raise SpkMixError(
+                raise InferenceError(
                     f"{path}: {MAP_VARIABLE} (line {node.lineno}) must be a plain literal dict of numbers and lists"
                 ) from None
-    raise SpkMixError(f"{path}: no '{MAP_VARIABLE} = {{...}}' assignment found")
+    raise InferenceError(f"{path}: no '{MAP_VARIABLE} = {{...}}' assignment found")
 
 
 def load_spk_mix(

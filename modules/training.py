@@ -35,20 +35,23 @@ import torch.distributed as dist
 from torch import nn
 
 from modules import losses
+from modules.checkpoint import (
+    checkpoint_step,
+    clean_checkpoints,
+    latest_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from modules.commons import slice_segments
-from modules.checkpoint import checkpoint_step, clean_checkpoints, latest_checkpoint_path, load_checkpoint, save_checkpoint
 from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, DataSettings, default_num_workers, make_loader
+from modules.errors import TrainingError
 from modules.features import mel_spectrogram, spec_to_mel
 from modules.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("config", "fp32", "fp16", "bf16")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (diverged, inconsistent checkpoints, bad set-up); the message says why."""
 
 
 # --------------------------------------------------------------------------------------------- set-up

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from models import SynthesizerTrn
-from modules.checkpoint import (
-    CheckpointError, clean_checkpoints, latest_checkpoint_path, load_checkpoint, safe_load, save_checkpoint,
-)
+from modules.checkpoint import clean_checkpoints, latest_checkpoint_path, load_checkpoint, safe_load, save_checkpoint
+from modules.errors import CheckpointError
 
 torch.set_num_threads(1)
 

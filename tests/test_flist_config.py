@@ -1,6 +1,7 @@
 """preprocess_flist_config: seeded split, sorted and stable speaker ids, encoder dimensions, named errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import yaml
 
 import preprocess_flist_config as flist_cli
 from modules.config import load_config, load_diffusion_config, load_template
-from modules.dataset_prep import (DatasetError, assign_speaker_ids, build_configs, name_problem, prepare_flist_config,
-                                  split_dataset)
+from modules.dataset_files import name_problem
+from modules.errors import ConfigError, DatasetError
+from modules.flist_config import assign_speaker_ids, build_configs, prepare_flist_config, split_dataset
 from tests.support.voices import synth_singing
+from vencoder import SPEECH_ENCODERS
 
 SR = 44100
 
@@ -134,7 +137,10 @@ def test_empty_existing_config_counts_as_absent_and_broken_one_is_an_error(tmp_p
     ("dphubert", 768, 768, False), ("wavlmbase+", 768, 768, False), ("vec768l12", 768, 512, True),
     ("vec256l9-onnx", 256, 768, False), ("vec768l12-onnx", 768, 768, False),
 ])
-def test_encoder_dimension_overrides(encoder, ssl, filt, tiny):
+def test_encoder_dimension_overrides(encoder, ssl, filt, tiny, monkeypatch):
+    spec = SPEECH_ENCODERS[encoder]
+    if not spec.built:  # the widths come from the table whether or not the encoder is built yet
+        monkeypatch.setitem(SPEECH_ENCODERS, encoder, dataclasses.replace(spec, target="vencoder.none:Placeholder"))
     config, diffusion = build_configs({"a": 0, "b": 1}, encoder, vol_aug=False, tiny=tiny)
     model = config["model"]
     assert (model["ssl_dim"], model["gin_channels"], model["filter_channels"]) == (ssl, ssl, filt)
@@ -142,6 +148,21 @@ def test_encoder_dimension_overrides(encoder, ssl, filt, tiny):
     assert diffusion["data"]["encoder_out_channels"] == ssl
     assert model["use_depthwise_conv"] is tiny  # the tiny template was used
     assert model["vol_embedding"] is False and config["train"]["vol_aug"] is False
+
+
+def test_an_encoder_that_is_not_built_is_refused_before_anything_is_written(tmp_path, monkeypatch, clip):
+    monkeypatch.chdir(tmp_path)
+    make_dataset(tmp_path, clip, {"a": 3})
+    monkeypatch.setitem(SPEECH_ENCODERS, "vec256l9", dataclasses.replace(SPEECH_ENCODERS["vec256l9"], target=None))
+    with pytest.raises(ConfigError, match="'vec256l9' is not built in this version; available: vec768l12"):
+        build_configs({"a": 0}, "vec256l9")
+    assert flist_cli.main(["--speech_encoder", "vec256l9"]) == 2
+    assert not (tmp_path / "configs").exists() and not (tmp_path / "filelists").exists()
+    cfg = load_template()
+    cfg["model"]["speech_encoder"] = "vec256l9"
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="model.speech_encoder' is 'vec256l9', not built in this version"):
+        load_config(tmp_path / "c.json")
 
 
 def test_vol_aug_tiny_and_list_paths_reach_the_written_configs(tmp_path, monkeypatch, clip):

@@ -11,16 +11,25 @@ import soundfile as sf
 import torch
 
 import inference_main
-from modules.config import load_template
-from modules.inference import ConvertOptions, InferenceError, PieceFeatures, SvcEngine
+from modules.config import HParams, load_template
+from modules.errors import InferenceError
+from modules.inference import ConvertOptions, PieceFeatures, SvcEngine
 from modules.inference_chunked import (
-    ExcitationStream, ReceptiveField, decoder_receptive_frames, flow_receptive_frames,
+    ExcitationStream,
+    ReceptiveField,
+    decoder_receptive_frames,
+    flow_receptive_frames,
 )
 from modules.inference_plan import (
-    OutputAssembler, Piece, crossfade_split, loudness_envelope, output_name, plan_pieces, to_output_samples,
+    OutputAssembler,
+    Piece,
+    crossfade_split,
+    loudness_envelope,
+    output_name,
+    plan_pieces,
+    to_output_samples,
 )
-from modules.spkmix import SpkMixError, load_spk_mix, validate_spk_mix
-from modules.config import HParams
+from modules.spkmix import load_spk_mix, validate_spk_mix
 from tests.support.h6_models import SPEAKERS, TinyProject, random_generator, tiny_config_dict, write_tiny_project
 from tests.support.voices import synth_singing
 
@@ -259,7 +268,7 @@ def test_speakers_by_name_or_id_and_unknown_speaker(engine):
     ({0: [[0, 1, 1, 1]], 1: [[0, 1, 1, 1]], 2: [[0, 1, 0, 0]], 7: [[0, 1, 0, 0]]}, "out of range"),
 ])
 def test_spk_mix_validation_errors(bad, message):
-    with pytest.raises(SpkMixError, match=message):
+    with pytest.raises(InferenceError, match=message):
         validate_spk_mix(bad, SPEAKERS, n_speakers=4)
 
 
@@ -276,7 +285,7 @@ def test_spk_mix_weights_ramp_and_normalise(tmp_path):
     assert shipped.speaker_ids == (0, 1, 2, 3, 4)
     bad = tmp_path / "mix.py"
     bad.write_text("import os\nspk_mix_map = {0: os.getcwd()}\n")
-    with pytest.raises(SpkMixError, match="plain literal"):
+    with pytest.raises(InferenceError, match="plain literal"):
         load_spk_mix(bad)
 
 

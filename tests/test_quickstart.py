@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modules.audio import load_audio
-from modules.quickstart import QuickstartSettings, TRANSPOSE, run_quickstart
+from modules.quickstart import TRANSPOSE, QuickstartSettings, run_quickstart
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,19 @@ import soundfile as sf
 
 import resample as resample_cli
 from modules.audio import resample
-from modules.dataset_prep import (DatasetError, ResampleOptions, SkipReason, clipped_fraction, integrated_loudness,
-                                  normalise_lufs, plan_resample, process_file, run_resample, summarise_resample,
-                                  trim_silence)
+from modules.errors import DatasetError
+from modules.resample import (
+    ResampleOptions,
+    SkipReason,
+    clipped_fraction,
+    integrated_loudness,
+    normalise_lufs,
+    plan_resample,
+    process_file,
+    run_resample,
+    summarise_resample,
+    trim_silence,
+)
 from modules.slicer import ClipParams
 from tests.support.voices import Note, synth_notes, synth_singing
 

@@ -11,9 +11,16 @@ import pytest
 import torch
 
 from modules.audio import resample
+from modules.errors import CheckpointError
 from modules.pitch import get_f0_predictor
 from modules.pitch.rmvpe import (
-    CENTS_OFFSET, RMVPELoadError, RMVPENet, _check_keys, _extract_state_dict, decode_salience, load_rmvpe, log_mel,
+    CENTS_OFFSET,
+    RMVPENet,
+    _check_keys,
+    _extract_state_dict,
+    decode_salience,
+    load_rmvpe,
+    log_mel,
 )
 from tests.support.voices import Note, synth_notes
 
@@ -155,7 +162,7 @@ def test_rvc_bare_state_dict_without_timbre_filter_is_accepted(checkpoint, rando
     assert state.keys() == bare.keys()
     _check_keys(load_rmvpe(checkpoint), state, Path("rvc_rmvpe.pt"))  # no error
     del bare["cnn.bias"]
-    with pytest.raises(RMVPELoadError, match=r"rvc_rmvpe\.pt: .*1 missing keys \(e\.g\. \['cnn\.bias'\]\)"):
+    with pytest.raises(CheckpointError, match=r"rvc_rmvpe\.pt: .*1 missing keys \(e\.g\. \['cnn\.bias'\]\)"):
         _check_keys(load_rmvpe(checkpoint), bare, Path("rvc_rmvpe.pt"))
 
 
@@ -166,20 +173,20 @@ class NotATensor:
 
 def test_load_errors_name_the_file(tmp_path):
     missing = tmp_path / "pretrain" / "rmvpe.pt"
-    with pytest.raises(RMVPELoadError, match=r"not found at .*pretrain/rmvpe\.pt.*yxlllc/RMVPE"):
+    with pytest.raises(CheckpointError, match=r"not found at .*pretrain/rmvpe\.pt.*yxlllc/RMVPE"):
         get_f0_predictor("rmvpe", model_path=missing)
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"model": {"unet.encoder.bn.weight": torch.zeros(2)}}, wrong)
-    with pytest.raises(RMVPELoadError, match=r"wrong\.pt: does not match .*missing keys.*shape mismatches"):
+    with pytest.raises(CheckpointError, match=r"wrong\.pt: does not match .*missing keys.*shape mismatches"):
         load_rmvpe(wrong)
 
     not_dict = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), not_dict)
-    with pytest.raises(RMVPELoadError, match=r"tensor\.pt: not an RMVPE checkpoint"):
+    with pytest.raises(CheckpointError, match=r"tensor\.pt: not an RMVPE checkpoint"):
         load_rmvpe(not_dict)
 
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": NotATensor()}, pickled)
-    with pytest.raises(RMVPELoadError, match=r"pickled\.pt: cannot be read"):
+    with pytest.raises(CheckpointError, match=r"pickled\.pt: cannot be read"):
         load_rmvpe(pickled)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules.slicer import ClipParams, Segment, SlicerError, SlicerParams, dataset_clips, frame_rms, slice_audio
+from modules.errors import ConfigError
+from modules.slicer import ClipParams, Segment, SlicerParams, dataset_clips, frame_rms, slice_audio
 from tests.support.voices import Note, synth_notes
 
 SR = 16000  # the slicer works at any rate; 16 kHz keeps synthesis cheap
@@ -101,11 +102,11 @@ def test_threshold_decides_what_is_silence(song):
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(SlicerError, match="min_length_ms >= min_interval_ms"):
+    with pytest.raises(ConfigError, match="min_length_ms >= min_interval_ms"):
         slice_audio(np.zeros(SR * 10, dtype=np.float32), SR, min_interval_ms=6000)
-    with pytest.raises(SlicerError, match="max_sil_kept_ms"):
+    with pytest.raises(ConfigError, match="max_sil_kept_ms"):
         slice_audio(np.zeros(SR * 10, dtype=np.float32), SR, max_sil_kept_ms=5)
-    with pytest.raises(SlicerError, match="min_seconds"):
+    with pytest.raises(ConfigError, match="min_seconds"):
         dataset_clips(np.ones(SR, dtype=np.float32), SR, ClipParams(min_seconds=10, max_seconds=5))
 
 

@@ -21,8 +21,9 @@ import torch
 from modules import losses
 from modules.checkpoint import safe_load
 from modules.config import load_config
-from modules.data import (ClipDataset, DataSettings, DatasetError, collate_clips, make_loader, read_f0_file)
-from modules.training import Precision, Trainer, TrainingError, TrainOptions, run_training
+from modules.data import ClipDataset, DataSettings, collate_clips, make_loader, read_f0_file
+from modules.errors import DatasetError, TrainingError
+from modules.training import Precision, Trainer, TrainOptions, run_training
 from tests.support.train_data import make_preprocessed_dataset, tiny_discriminator
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from modules.errors import CheckpointError, ConfigError
 from tests.support.models_refkeys import parse
 from tests.support.voices import synth_singing
-from vdecoder import NsfHifiGan, VocoderError, save_vocoder_folder
+from vdecoder import NsfHifiGan, save_vocoder_folder
 from vdecoder.nsf_hifigan import (
-    DownSample1d, Generator, GeneratorConfig, SourceModuleHnNSF, UpSample1d, kaiser_sinc_filter,
+    DownSample1d,
+    Generator,
+    GeneratorConfig,
+    SourceModuleHnNSF,
+    UpSample1d,
+    kaiser_sinc_filter,
 )
 
 torch.set_num_threads(1)
@@ -61,17 +67,17 @@ def test_saved_folder_loads_and_vocodes(tmp_path):
 
 
 def test_load_errors_name_the_problem(tmp_path):
-    with pytest.raises(VocoderError, match="vocoder folder not found"):
+    with pytest.raises(CheckpointError, match="vocoder folder not found"):
         NsfHifiGan.load(tmp_path / "missing")
     folder = tmp_path / "voc"
     save_vocoder_folder(NsfHifiGan(SMALL_CONFIG), folder)
     cfg = dict(SMALL_CONFIG, upsample_initial_channel=64)
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(VocoderError, match="does not match .*config.json.*noise_convs.0.weight .shape .16, 1, 128. in the file"):
+    with pytest.raises(CheckpointError, match="does not match .*config.json.*noise_convs.0.weight .shape .16, 1, 128. in the file"):
         NsfHifiGan.load(folder)
     del cfg["hop_size"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(VocoderError, match="missing field.*hop_size"):
+    with pytest.raises(ConfigError, match="missing field.*hop_size"):
         NsfHifiGan.load(folder)
 
 

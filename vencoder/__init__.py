@@ -20,13 +20,10 @@ from pathlib import Path
 
 import torch
 
+from modules.errors import ConfigError
 from vencoder import base
-from vencoder.base import (
-    CheckpointFormatError,
-    PretrainedFileMissing,
-    SpeechEncoder,
-    SpeechEncoderError,
-)
+from vencoder.base import SpeechEncoder
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -61,21 +58,17 @@ _cache: dict[tuple[str, str, str], SpeechEncoder] = {}
 _cache_lock = threading.Lock()
 
 
-class UnknownSpeechEncoder(SpeechEncoderError, ValueError):
-    """The name is not in the registry (or its encoder is not implemented yet)."""
-
-
 def encoder_names() -> tuple[str, ...]:
     """The names this project can build."""
     return tuple(name for name, spec in SPEECH_ENCODERS.items() if spec.built)
 
 
 def encoder_spec(name: str) -> EncoderSpec:
-    """The table row for a built encoder; UnknownSpeechEncoder (listing the built ones) otherwise."""
+    """The table row for a built encoder; ConfigError (listing the built ones) otherwise."""
     spec = SPEECH_ENCODERS.get(name)
     if spec is None or not spec.built:
-        state = "not built in this version" if spec is not None else "unknown"
-        raise UnknownSpeechEncoder(f"speech encoder '{name}' is {state}; available: {', '.join(encoder_names())}")
+        what = f"speech encoder '{name}' is not built in this version" if spec else f"unknown speech encoder '{name}'"
+        raise ConfigError(f"{what}; available: {', '.join(encoder_names())}")
     return spec
 
 
@@ -90,8 +83,8 @@ def get_speech_encoder(name: str, device: str | torch.device | None = None,
     """Build (or fetch the cached) encoder `name` on `device`, weights from `pretrain_dir`
     (default: the project's `pretrain/`).
 
-    Raises UnknownSpeechEncoder, PretrainedFileMissing (naming the path and where to get the file)
-    or CheckpointFormatError / UnsafeCheckpointError for a bad weight file.
+    Raises ConfigError, PretrainedFileMissing (naming the path and where to get the file)
+    or CheckpointError / UnsafeCheckpointError for a bad weight file.
     """
     cls = encoder_class(name)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -111,7 +104,6 @@ def clear_cache() -> None:
 
 
 __all__ = [
-    "CheckpointFormatError", "EncoderSpec", "PretrainedFileMissing", "SPEECH_ENCODERS", "SpeechEncoder",
-    "SpeechEncoderError", "UnknownSpeechEncoder", "clear_cache", "encoder_class", "encoder_names", "encoder_spec",
+    "EncoderSpec", "SPEECH_ENCODERS", "SpeechEncoder", "clear_cache", "encoder_class", "encoder_names", "encoder_spec",
     "get_speech_encoder",
 ]

@@ -14,6 +14,8 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from modules.errors import PretrainedFileMissing
+
 logger = logging.getLogger(__name__)
 
 ENCODER_SAMPLE_RATE = 16000
@@ -24,25 +26,6 @@ DEFAULT_PRETRAIN_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 def default_pretrain_dir() -> Path:
     """Looked up at call time so tests and tools can point it elsewhere."""
     return DEFAULT_PRETRAIN_DIR
-
-
-class SpeechEncoderError(RuntimeError):
-    """A speech encoder cannot be built or run; the message names the file and the problem."""
-
-
-class PretrainedFileMissing(SpeechEncoderError, FileNotFoundError):
-    """A pretrained weight file is not where it is looked for."""
-
-    def __init__(self, what: str, path: Path, source: str) -> None:
-        self.path = Path(path)
-        super().__init__(
-            f"{what} needs the pretrained file {self.path} (looked for {self.path.resolve()}), which does not exist. "
-            f"Get it from {source} and place it there (see pretrain/README.md)."
-        )
-
-
-class CheckpointFormatError(SpeechEncoderError):
-    """A weight file was read but does not hold what the encoder expects (wrong keys, shapes or config)."""
 
 
 def as_mono_tensor(wav: torch.Tensor | Sequence[float]) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import torch
 from torch import _weights_only_unpickler
 
-from vencoder.base import CheckpointFormatError, SpeechEncoderError
+from modules.errors import CheckpointError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ STANDIN_NAMES: frozenset[str] = frozenset({
     "numpy._core.multiarray.scalar",
     "numpy.dtype",
 })
-
-
-class UnsafeCheckpointError(SpeechEncoderError):
-    """The checkpoint's pickle refers to code we will not run."""
 
 
 class StandIn:
@@ -116,13 +112,13 @@ def pickle_globals(path: Path) -> set[str]:
             with zipfile.ZipFile(path) as archive:
                 names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
                 if not names:
-                    raise CheckpointFormatError(f"{path}: a zip file without data.pkl is not a torch checkpoint")
+                    raise CheckpointError(f"{path}: a zip file without data.pkl is not a torch checkpoint")
                 return _globals_in_pickle(io.BytesIO(archive.read(names[0])))
         with open(path, "rb") as f:
             # Legacy format: magic number, protocol version, system info, then the object itself.
             return _globals_in_pickle(f, n_pickles=4)
     except (ValueError, EOFError) as e:
-        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -147,7 +143,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or ValueError for bad files
         if "Unsupported global" in str(e) or "Trying to" in str(e) or "Can only" in str(e):
             raise UnsafeCheckpointError(f"{path}: refusing to load ({e})") from None
-        raise CheckpointFormatError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
 
 
 def to_plain(obj: Any) -> Any:
@@ -198,7 +194,7 @@ def _config_sections(ckpt: dict[str, Any], path: Path) -> tuple[dict[str, Any], 
     if isinstance(args, dict) and args:
         # Pre-hydra checkpoints keep model and task fields together in one Namespace.
         return args, args
-    raise CheckpointFormatError(
+    raise CheckpointError(
         f"{path}: no model config found (neither cfg['model'] nor args); not a fairseq checkpoint?"
     )
 
@@ -208,7 +204,7 @@ def load_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     path = Path(path)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointFormatError(f"{path}: expected a fairseq checkpoint dict with a 'model' state dict")
+        raise CheckpointError(f"{path}: expected a fairseq checkpoint dict with a 'model' state dict")
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()
              if isinstance(v, torch.Tensor)}
     model_cfg, task_cfg = _config_sections(ckpt, path)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vencoder.base import CheckpointFormatError
+from modules.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ class HubertConfig:
             cfg = cls(**values)
             cfg.validate()
         except (TypeError, ValueError) as e:
-            raise CheckpointFormatError(f"{source}: unsupported HuBERT config ({e})") from None
+            raise CheckpointError(f"{source}: unsupported HuBERT config ({e})") from None
         layer_type = model_cfg.get("layer_type", "transformer")
         if layer_type not in (None, "transformer"):
-            raise CheckpointFormatError(f"{source}: layer_type '{layer_type}' is not supported (only 'transformer')")
+            raise CheckpointError(f"{source}: layer_type '{layer_type}' is not supported (only 'transformer')")
         if int(model_cfg.get("pos_conv_depth", 1) or 1) != 1:
-            raise CheckpointFormatError(f"{source}: pos_conv_depth > 1 is not supported")
+            raise CheckpointError(f"{source}: pos_conv_depth > 1 is not supported")
         return cfg
 
     def validate(self) -> None:
@@ -207,7 +207,7 @@ def _masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNor
 
     Computed in float32 like fairseq's Fp32GroupNorm."""
     if norm.num_groups != norm.num_channels:
-        raise CheckpointFormatError("only per-channel group norm (groups == channels) is supported")
+        raise CheckpointError("only per-channel group norm (groups == channels) is supported")
     xf = x.float()
     mask = _length_mask(lengths.clamp(min=1), x.size(-1)).unsqueeze(1).to(xf.dtype)  # [B, 1, T]
     count = mask.sum(dim=-1, keepdim=True)
@@ -332,17 +332,17 @@ class HubertModel(nn.Module):
         return x, frames
 
     def load_fairseq_state(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Load a fairseq HubertModel state dict; missing or mis-shaped keys raise CheckpointFormatError."""
+        """Load a fairseq HubertModel state dict; missing or mis-shaped keys raise CheckpointError."""
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
-            raise CheckpointFormatError(
+            raise CheckpointError(
                 f"{source}: the state dict lacks {len(missing)} HuBERT keys, e.g. {', '.join(missing[:4])}"
             )
         wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
                  if tuple(state[k].shape) != tuple(v.shape)]
         if wrong:
-            raise CheckpointFormatError(f"{source}: mis-shaped HuBERT weights: {'; '.join(wrong[:4])}")
+            raise CheckpointError(f"{source}: mis-shaped HuBERT weights: {'; '.join(wrong[:4])}")
         extra = [k for k in state if k not in own and not k.startswith(UNUSED_KEYS_PREFIXES)]
         if extra:
             logger.warning("%s: ignoring %d unexpected keys, e.g. %s", source, len(extra), ", ".join(extra[:4]))

@@ -7,7 +7,8 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
-from vencoder.base import CheckpointFormatError, SpeechEncoder, as_mono_tensor, plan_batches
+from modules.errors import CheckpointError
+from vencoder.base import SpeechEncoder, as_mono_tensor, plan_batches
 from vencoder.hubert import HubertModel
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class HubertUnitsEncoder(SpeechEncoder):
             logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, out_dim, self.dim)
         self.dim = out_dim  # type: ignore[misc]
         if self.output_layer is not None and self.output_layer > self.model.cfg.encoder_layers:
-            raise CheckpointFormatError(
+            raise CheckpointError(
                 f"{path}: {self.name} takes layer {self.output_layer}, but the model has only "
                 f"{self.model.cfg.encoder_layers} layers"
             )

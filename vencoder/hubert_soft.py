@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vencoder.base import CheckpointFormatError
+from modules.errors import CheckpointError
 from vencoder.fairseq_checkpoint import safe_torch_load
 from vencoder.hubert import HubertConfig, HubertModel
 from vencoder.hubert_encoder import HubertUnitsEncoder
@@ -63,7 +63,7 @@ def soft_to_fairseq(state: dict[str, torch.Tensor], source: str) -> dict[str, to
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointFormatError(f"{source}: unexpected keys for HuBERT-Soft: {', '.join(unknown[:4])}")
+        raise CheckpointError(f"{source}: unexpected keys for HuBERT-Soft: {', '.join(unknown[:4])}")
     return out
 
 
@@ -81,7 +81,7 @@ def soft_config(state: dict[str, torch.Tensor]) -> HubertConfig:
                                     and k.endswith(".0.weight")))]
     strides = [5, 2, 2, 2, 2, 2, 2]
     if len(conv_dims) != len(strides):
-        raise CheckpointFormatError(f"HuBERT-Soft has 7 conv layers; this file has {len(conv_dims)}")
+        raise CheckpointError(f"HuBERT-Soft has 7 conv layers; this file has {len(conv_dims)}")
     spec = " + ".join(f"[({d}, {k}, {s})]" for (d, k), s in zip(conv_dims, strides))
     return HubertConfig(
         encoder_layers=len(layers), encoder_embed_dim=dim, encoder_ffn_embed_dim=ffn,
@@ -104,12 +104,12 @@ class HubertSoft(HubertUnitsEncoder):
         if isinstance(raw, dict) and isinstance(raw.get("hubert"), dict):
             raw = raw["hubert"]
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-            raise CheckpointFormatError(f"{path}: expected a HuBERT-Soft state dict of tensors")
+            raise CheckpointError(f"{path}: expected a HuBERT-Soft state dict of tensors")
         state = soft_to_fairseq({k: v.float() for k, v in raw.items()}, str(path))
         try:
             cfg = soft_config(state)
         except KeyError as e:
-            raise CheckpointFormatError(f"{path}: missing HuBERT-Soft weight {e}") from None
+            raise CheckpointError(f"{path}: missing HuBERT-Soft weight {e}") from None
         model = HubertModel(cfg)
         model.load_fairseq_state(state, source=str(path))
         return model

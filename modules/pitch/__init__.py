@@ -8,9 +8,8 @@ voicing passes a silence gate (base.SilenceGate), so silence and a recording's n
 unvoiced. Networks are loaded once per process per (weights file, device), so a batch job can
 build a predictor per file at no cost.
 """
-from modules.pitch.base import (
-    PREDICTOR_NAMES, F0Predictor, F0PredictorError, SilenceGate, get_f0_predictor, interpolate_f0,
-)
+from modules.errors import SvcError
+from modules.pitch.base import PREDICTOR_NAMES, F0Predictor, SilenceGate, get_f0_predictor, interpolate_f0
 
-__all__ = ["F0Predictor", "F0PredictorError", "PREDICTOR_NAMES", "SilenceGate", "get_f0_predictor",
+__all__ = ["F0Predictor", "SvcError", "PREDICTOR_NAMES", "SilenceGate", "get_f0_predictor",
            "interpolate_f0"]

@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from modules.errors import SvcError
+
 logger = logging.getLogger(__name__)
 
 F0_MIN = 50.0
@@ -34,10 +36,6 @@ _REGISTRY: dict[str, str] = {
 # Extra names that are a registered class with preset options (not in the original's six).
 _PRESETS: dict[str, dict] = {"crepe-tiny": {"model": "tiny"}}
 PREDICTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-
-
-class F0PredictorError(RuntimeError):
-    """A predictor cannot run (missing weights, broken file, wrong output); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class F0Predictor(ABC):
         raw = np.asarray(self.compute_raw_f0(wav), dtype=np.float64).reshape(-1)
         expected = self.n_frames(wav)
         if raw.shape[0] != expected:
-            raise F0PredictorError(
+            raise SvcError(
                 f"{type(self).__name__} returned {raw.shape[0]} frames for {len(wav)} samples; "
                 f"expected {expected} (len // hop_length {self.hop_length})"
             )

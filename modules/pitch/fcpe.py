@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from modules.audio import resample
+from modules.errors import CheckpointError
 from modules.features import nsf_mel
 from modules.pitch.base import F0Predictor, resize_nearest
-from modules.pitch.fcpe_net import FCPENet, FCPEWeightsError, MelConfig, bundled_checkpoint, load_fcpe
+from modules.pitch.fcpe_net import FCPENet, MelConfig, bundled_checkpoint, load_fcpe
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,12 @@ USER_CHECKPOINT = PROJECT_ROOT / "pretrain" / "fcpe.pt"
 
 def default_checkpoint() -> Path:
     """`pretrain/fcpe.pt` of the project (so-vits-svc 4.1's file) if it exists, else the
-    torchfcpe package's bundled file. Raises FCPEWeightsError when neither exists."""
+    torchfcpe package's bundled file. Raises CheckpointError when neither exists."""
     if USER_CHECKPOINT.is_file():
         return USER_CHECKPOINT
     bundled = bundled_checkpoint()
     if bundled is None:
-        raise FCPEWeightsError(
+        raise CheckpointError(
             f"no FCPE weights: {USER_CHECKPOINT} does not exist and the torchfcpe package (which ships default "
             "weights) is not installed; place so-vits-svc's fcpe.pt there or `pip install --no-deps torchfcpe`")
     return bundled

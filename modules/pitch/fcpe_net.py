@@ -26,20 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modules.pitch.base import F0PredictorError
+from modules.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_F0_MIN = 32.70
 DEFAULT_F0_MAX = 1975.5
 LOCAL_WINDOW = 4  # the local_argmax decoder averages over argmax +- 4 bins
-
-
-class FCPEWeightsError(F0PredictorError):
-    """An FCPE checkpoint is missing or unreadable; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -248,19 +243,19 @@ def _as_dict(value: Any) -> dict:
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict in our layout, config dict) of an FCPE checkpoint; FCPEWeightsError when unusable."""
+    """(state dict in our layout, config dict) of an FCPE checkpoint; CheckpointError when unusable."""
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FCPEWeightsError(f"{path}: FCPE checkpoint not found") from None
+        raise CheckpointError(f"{path}: FCPE checkpoint not found") from None
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise FCPEWeightsError(f"{path}: cannot be read as an FCPE checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: cannot be read as an FCPE checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise FCPEWeightsError(f"{path}: not an FCPE checkpoint (expected a dict with 'model' and 'config')")
+        raise CheckpointError(f"{path}: not an FCPE checkpoint (expected a dict with 'model' and 'config')")
     config = _as_dict(ckpt.get("config")) or _as_dict(ckpt.get("config_dict"))
     state = _canonical_state(ckpt["model"])
     if "input_stack.0.weight" not in state or "output_proj.weight" not in state:
-        raise FCPEWeightsError(f"{path}: state dict has no FCPE input stack / output layer "
+        raise CheckpointError(f"{path}: state dict has no FCPE input stack / output layer "
                                "(expected keys stack.* / dense_out.* or input_stack.* / output_proj.*)")
     return state, config
 
@@ -304,7 +299,7 @@ def infer_arch(state: dict[str, torch.Tensor], config: dict) -> FCPEArch:
 
 
 def build_from_checkpoint(path: str | os.PathLike) -> tuple[FCPENet, MelConfig]:
-    """Read, shape and load an FCPE checkpoint (either layout). Raises FCPEWeightsError."""
+    """Read, shape and load an FCPE checkpoint (either layout). Raises CheckpointError."""
     state, config = read_checkpoint(path)
     model_cfg = _as_dict(config.get("model"))
     arch = infer_arch(state, config)
@@ -317,10 +312,10 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[FCPENet, MelConfig]:
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise FCPEWeightsError(f"{path}: weights do not fit the FCPE network read from them ({e})") from e
+        raise CheckpointError(f"{path}: weights do not fit the FCPE network read from them ({e})") from e
     mel = mel_config(config)
     if mel.n_mels != arch.n_mels:
-        raise FCPEWeightsError(f"{path}: config.mel has {mel.n_mels} mel bins but the network takes {arch.n_mels}")
+        raise CheckpointError(f"{path}: config.mel has {mel.n_mels} mel bins but the network takes {arch.n_mels}")
     return net.eval(), mel
 
 
@@ -345,5 +340,5 @@ def load_fcpe(path: str | os.PathLike, device: str = "cpu") -> tuple[FCPENet, Me
     only if the file changes)."""
     path = Path(path)
     if not path.is_file():
-        raise FCPEWeightsError(f"{path}: FCPE checkpoint not found")
+        raise CheckpointError(f"{path}: FCPE checkpoint not found")
     return _load_cached(str(path.resolve()), str(device), os.stat(path).st_mtime_ns)

@@ -32,7 +32,7 @@ class PMF0Predictor(F0Predictor):
                 pitch_floor=self.f0_min,
                 pitch_ceiling=self.f0_max,
             )
-        except parselmouth.PraatError as e:
+        except parselmouth.PraatError:
             # Praat needs at least one analysis window (3 periods of f0_min); shorter clips carry no pitch.
             if len(wav) < 4 * self.sampling_rate / self.f0_min:
                 logger.debug("pm: %d samples is shorter than one Praat window; unvoiced", len(wav))

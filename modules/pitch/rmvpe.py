@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.audio import resample
+from modules.errors import CheckpointError
 from modules.features import mel_basis
-from modules.pitch.base import F0Predictor, F0PredictorError, resize_nearest
+from modules.pitch.base import F0Predictor, resize_nearest
 
 logger = logging.getLogger(__name__)
 
@@ -234,17 +235,13 @@ def decode_salience(salience: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(voiced, 10.0 * 2.0 ** (mean_cents / 1200.0), 0.0)
 
 
-class RMVPELoadError(F0PredictorError):
-    """pretrain/rmvpe.pt is missing or is not an RMVPE checkpoint."""
-
-
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         return dict(obj["model"])
     if isinstance(obj, Mapping) and "unet.encoder.bn.weight" in obj:
         return dict(obj)  # RVC's layout: the bare state dict
     found = sorted(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
-    raise RMVPELoadError(f"{path}: not an RMVPE checkpoint; expected {{'model': state_dict}}, found {found}")
+    raise CheckpointError(f"{path}: not an RMVPE checkpoint; expected {{'model': state_dict}}, found {found}")
 
 
 def _check_keys(net: RMVPENet, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -261,7 +258,7 @@ def _check_keys(net: RMVPENet, state: dict[str, torch.Tensor], path: Path) -> No
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})")
-        raise RMVPELoadError(f"{path}: does not match the RMVPE E2E0(4, 1, (2, 2)) layout: " + "; ".join(parts))
+        raise CheckpointError(f"{path}: does not match the RMVPE E2E0(4, 1, (2, 2)) layout: " + "; ".join(parts))
 
 
 @functools.lru_cache(maxsize=4)
@@ -272,7 +269,7 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> RMVPENet:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for corrupt or pickled-code files
-        raise RMVPELoadError(f"{file}: cannot be read as a torch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{file}: cannot be read as a torch checkpoint ({type(e).__name__}: {e})") from e
     state = _extract_state_dict(obj, file)
     net = RMVPENet()
     _check_keys(net, state, file)
@@ -284,7 +281,7 @@ def load_rmvpe(path: str | os.PathLike | None = None, device: str = "cpu") -> RM
     """The network from `path` (default pretrain/rmvpe.pt), loaded once per process per file and device."""
     file = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if not file.is_file():
-        raise RMVPELoadError(f"RMVPE weights not found at {file}: {WHERE_TO_GET}")
+        raise CheckpointError(f"RMVPE weights not found at {file}: {WHERE_TO_GET}")
     stat = file.stat()
     return _load_cached(str(file.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
 
