@@ -20,12 +20,12 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from modules.errors import CheckpointError
+from modules.errors import CheckpointError, UnsafeCheckpointError
 from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _CKPT_NAME = re.compile(r"^(?P<prefix>[GD])_(?P<step>\d+)\.pth$")
 
 @dataclass
 class LoadReport:
-    """What `load_state_into` did: keys left at their fresh initialisation, and file keys not used."""
+    """What `load_weights` did: keys left at their fresh initialisation, and file keys not used."""
 
     reinitialized: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
@@ -62,23 +62,63 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """`torch.load(weights_only=True)` with errors that name the file and say what is wrong."""
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_location: str | torch.device = "cpu",
+                    extra_globals: Sequence[Any] = ()) -> Any:
+    """The project's one `torch.load`: `weights_only=True`, so a file cannot run code while it loads.
+
+    `extra_globals` are further classes (inert stand-ins) the unpickler may build. Errors name the file:
+    CheckpointError "file not found", UnsafeCheckpointError when the pickle refers to code, and
+    CheckpointError "not a <what> (...)" for an empty, truncated or foreign file. torch's
+    own advice to retry with `weights_only=False` is never passed on: that is the unsafe workaround.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: {what} file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not {_article(what)} {what} (the file is empty)")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(extra_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise CheckpointError(
-                f"{path}: refused to load: it contains pickled Python objects other than tensors and plain "
-                f"containers, which could run code. Only load files from sources you trust. ({text.splitlines()[0]})"
+        detail = _weights_only_detail(str(e))
+        code = _CODE_REFERENCE.search(str(e))
+        if code:
+            raise UnsafeCheckpointError(
+                f"{path}: refused: the file refers to {code.group(1)}, code that would run on load; only tensors "
+                f"and plain containers are read. Load files only from sources you trust."
             ) from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({text.splitlines()[0] if text else e!r})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not {_article(what)} {what} ({detail})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError,
+            AttributeError, TypeError, UnicodeDecodeError) as e:
+        # Text, random bytes and truncated archives surface as any of these from torch's readers.
+        raise CheckpointError(
+            f"{path}: not {_article(what)} {what} ({type(e).__name__}: {_weights_only_detail(str(e))})"
+        ) from None
+
+
+# torch names a refused class or function as "GLOBAL module.name" in its error text.
+_CODE_REFERENCE = re.compile(r"GLOBAL ([\w.]+)")
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running")
+
+
+def _article(noun: str) -> str:
+    """'a' or 'an' before `noun`; an acronym goes by the sound of its first letter (an FCPE, an RMVPE)."""
+    word = noun.split()[0]
+    vowel_sound = word[0] in "aeiouAEIOU" or (word.isupper() and word[0] in "AEFHILMNORSX")
+    return "an" if vowel_sound else "a"
+
+
+def _weights_only_detail(text: str) -> str:
+    """The informative line of a torch load error, without its advice to load with weights_only=False."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    detail = (useful or lines or ["unreadable"])[0]
+    return detail.replace("WeightsUnpickler error: ", "")[:200] or "unreadable"
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint whose top level is a dict (G_/D_ files, the vocoder's `model`, release files)."""
+    data = load_torch_file(path, "checkpoint", map_location)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(data).__name__}")
     return data
@@ -99,22 +139,26 @@ def save_checkpoint(
     logger.info("saved model and optimizer state at iteration %s to %s", iteration, path)
 
 
-def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
+# Keys a release file may lack: the posterior encoder is used only in training (compress_model drops it).
+TRAINING_ONLY_PREFIXES: tuple[str, ...] = ("enc_q.",)
+_MISSING = "missing from the file"
 
 
-def compare_state(model: nn.Module, saved: dict[str, Any]) -> LoadReport:
+def strip_wrapper_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys without the "module." that DistributedDataParallel / DataParallel put in front of them."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def compare_state(model: nn.Module, saved: Mapping[str, Any]) -> LoadReport:
     """Which of the model's keys `saved` cannot fill (missing or another shape), without loading anything."""
     current = unwrap(model).state_dict()
-    saved = _strip_module_prefix(dict(saved))
+    saved = strip_wrapper_prefix(saved)
     report = LoadReport()
     for key, fresh in current.items():
         value = saved.get(key)
         if not isinstance(value, torch.Tensor):
             report.reinitialized.append(key)
-            report.reasons[key] = "missing from the file"
+            report.reasons[key] = _MISSING
         elif tuple(value.shape) != tuple(fresh.shape):
             report.reinitialized.append(key)
             report.reasons[key] = f"shape {list(value.shape)} in the file, {list(fresh.shape)} in the model"
@@ -122,20 +166,37 @@ def compare_state(model: nn.Module, saved: dict[str, Any]) -> LoadReport:
     return report
 
 
-def load_state_into(model: nn.Module, saved: dict[str, Any], source: str = "checkpoint") -> LoadReport:
-    """Copy matching tensors of `saved` into `model` (cast to the model's dtypes); keep the rest fresh.
+def load_weights(model: nn.Module, saved: Mapping[str, Any], source: str = "checkpoint", strict: bool = True,
+                 optional: tuple[str, ...] = TRAINING_ONLY_PREFIXES, hint: str = "") -> LoadReport:
+    """The one way weights get into a model; tensors are cast to the model's dtypes and device.
 
-    Logs one warning listing every re-initialised key (missing from the file or of another shape).
+    strict: every tensor of the model must be in `saved` with its shape (keys starting with one of
+    `optional` may be absent and keep their values) and `saved` may hold nothing else; otherwise
+    CheckpointError names the first offending tensor, followed by `hint`.
+    not strict (resuming training, a pretrained G_0 with another speaker count): missing and
+    reshaped tensors keep their fresh initialisation, listed in one warning.
     """
     target = unwrap(model)
-    saved = _strip_module_prefix(dict(saved))
+    saved = strip_wrapper_prefix(saved)
     report = compare_state(target, saved)
+    if strict:
+        suffix = f"; {hint}" if hint else ""
+        for key in report.reinitialized:
+            if report.reasons[key] == _MISSING and key.startswith(optional):
+                continue
+            verb = "is" if report.reasons[key] == _MISSING else "has"
+            raise CheckpointError(f"{source}: '{key}' {verb} {report.reasons[key]}{suffix}")
+        if report.unexpected:
+            raise CheckpointError(f"{source}: holds tensors the model does not build (e.g. '{report.unexpected[0]}')"
+                                  f"{suffix}")
     skip = set(report.reinitialized)
     merged = {
         key: fresh if key in skip else saved[key].to(dtype=fresh.dtype, device=fresh.device)
         for key, fresh in target.state_dict().items()
     }
     target.load_state_dict(merged, strict=True)
+    if strict:
+        return report
     if report.reinitialized:
         lines = "\n".join(f"  {k}: {report.reasons[k]}" for k in report.reinitialized)
         logger.warning(
@@ -149,6 +210,14 @@ def load_state_into(model: nn.Module, saved: dict[str, Any], source: str = "chec
     return report
 
 
+def model_state(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The `model` state dict of a G_/D_ checkpoint; CheckpointError when there is none."""
+    if not isinstance(ckpt.get("model"), Mapping):
+        raise CheckpointError(f"{path}: no 'model' state dict in the checkpoint (keys: {sorted(ckpt)}); "
+                              f"is it a G_*.pth file?")
+    return dict(ckpt["model"])
+
+
 def load_checkpoint(
     path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     skip_optimizer: bool = False,
@@ -159,9 +228,7 @@ def load_checkpoint(
     would break the first step); otherwise the optimizer starts fresh, with a warning.
     """
     ckpt = safe_load(path)
-    if "model" not in ckpt or not isinstance(ckpt["model"], dict):
-        raise CheckpointError(f"{path}: no 'model' state dict in the checkpoint (keys: {sorted(ckpt)})")
-    report = load_state_into(model, ckpt["model"], source=str(path))
+    report = load_weights(model, model_state(ckpt, path), source=str(path), strict=False)
     iteration = ckpt.get("iteration", 0)
     learning_rate = ckpt.get("learning_rate")
     opt_state = ckpt.get("optimizer")

@@ -27,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from modules.audio import load_audio
+from modules.checkpoint import load_torch_file
 from modules.dataset_files import ClipFiles
-from modules.errors import AudioError, DatasetError, UnsafeCheckpointError
+from modules.errors import AudioError, CheckpointError, DatasetError, UnsafeCheckpointError
 from modules.features import repeat_expand_2d, spectrogram, volume
 from modules.fileio import save_torch
 from modules.safe_numpy import load_f0
@@ -80,12 +81,12 @@ def read_f0_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_tensor(path: Path, what: str) -> torch.Tensor:
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} file not found (run preprocess_hubert_f0.py)")
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: {what} file not found (run preprocess_hubert_f0.py)") from None
-    except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise DatasetError(f"{path}: cannot read {what} file ({type(e).__name__}: {e})") from None
+        value = load_torch_file(path, f"{what} file")
+    except CheckpointError as e:
+        raise DatasetError(f"{e} (rerun preprocess_hubert_f0.py for this clip)") from None
     if not isinstance(value, torch.Tensor):
         raise DatasetError(f"{path}: {what} file holds {type(value).__name__}, expected a tensor")
     return value.float()

@@ -20,13 +20,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from modules.audio import load_audio, resample
-from modules.checkpoint import safe_load
+from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
 from modules.errors import InferenceError
 from modules.features import repeat_expand_2d, volume
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 52468
 ENCODER_SR = 16000
-TRAINING_ONLY = "enc_q"
 
 
 @dataclass
@@ -117,40 +116,6 @@ def pick_device(device: str | None) -> torch.device:
         raise InferenceError(f"device '{device}' is not valid ({e}); use cpu, cuda or cuda:N") from None
 
 
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def load_generator_strict(model: torch.nn.Module, path: str | os.PathLike, config_path: str | os.PathLike) -> None:
-    """Load G weights for inference: every key must match, except the training-only enc_q may be absent.
-
-    A shape mismatch or a missing key means the config does not belong to the checkpoint; the
-    original silently re-initialised such tensors and produced noise.
-    """
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
-        raise InferenceError(f"{path}: not a G checkpoint (no 'model' state dict); pass a G_*.pth file with -m")
-    saved = _strip_module_prefix(ckpt["model"])
-    own = model.state_dict()
-    hint = f"pass the config.json the model was trained with (-c, now {config_path})"
-    for key, value in own.items():
-        if key not in saved:
-            if TRAINING_ONLY in key:
-                saved[key] = value  # release files drop enc_q; it is unused at inference
-                continue
-            raise InferenceError(f"{path}: checkpoint has no tensor '{key}' that the config builds; {hint}")
-        if tuple(saved[key].shape) != tuple(value.shape):
-            raise InferenceError(
-                f"{path}: '{key}' has shape {list(saved[key].shape)} in the checkpoint but {list(value.shape)} "
-                f"from the config; {hint}"
-            )
-        saved[key] = saved[key].to(value.dtype)
-    extra = sorted(set(saved) - set(own))
-    if extra:
-        raise InferenceError(f"{path}: checkpoint has tensors the config does not build (e.g. '{extra[0]}'); {hint}")
-    model.load_state_dict(saved, strict=True)
-
-
 class SvcEngine:
     """A loaded synthesizer (weight norm folded, eval mode) plus its speech encoder and settings."""
 
@@ -191,7 +156,8 @@ class SvcEngine:
             raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
         dev = pick_device(device)
         model = SynthesizerTrn.from_hparams(hps)
-        load_generator_strict(model, model_path, config_path)
+        load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
+                     hint=f"pass the config.json the model was trained with (-c, now {config_path})")
         model.remove_weight_norm()
         model = model.to(dev).eval()
         for p in model.parameters():
@@ -401,5 +367,5 @@ def _progress_bar(pieces: list[Piece], show: bool):
 
 __all__ = [
     "ConvertOptions", "ConversionStats", "InferenceError", "PieceFeatures", "SvcEngine",
-    "load_generator_strict", "pick_device", "DEFAULT_SEED",
+    "pick_device", "DEFAULT_SEED",
 ]

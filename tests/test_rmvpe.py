@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modules.audio import resample
-from modules.errors import CheckpointError
+from modules.errors import CheckpointError, UnsafeCheckpointError
 from modules.pitch import get_f0_predictor
 from modules.pitch.rmvpe import (
     CENTS_OFFSET,
@@ -188,5 +188,5 @@ def test_load_errors_name_the_file(tmp_path):
 
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": NotATensor()}, pickled)
-    with pytest.raises(CheckpointError, match=r"pickled\.pt: cannot be read"):
+    with pytest.raises(UnsafeCheckpointError, match=r"pickled\.pt: refused: the file refers to tests.test_rmvpe.NotATensor"):
         load_rmvpe(pickled)

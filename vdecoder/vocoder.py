@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from modules.checkpoint import compare_state, load_state_into, safe_load
+from modules.checkpoint import load_weights, safe_load
 from modules.errors import CheckpointError, ConfigError
 from modules.features import nsf_mel
 from modules.fileio import save_torch, write_text
@@ -121,13 +121,8 @@ class NsfHifiGan(torch.nn.Module):
         state = ckpt.get("generator")
         if not isinstance(state, dict):
             raise CheckpointError(f"{model_path}: no 'generator' state dict (keys: {sorted(ckpt)})")
-        report = compare_state(vocoder.model, state)
-        if report.reinitialized:
-            raise CheckpointError(
-                f"{model_path}: does not match {folder / 'config.json'}: {len(report.reinitialized)} tensor(s) "
-                f"missing or of another shape, e.g. {report.reinitialized[0]} ({report.reasons[report.reinitialized[0]]})"
-            )
-        load_state_into(vocoder.model, state, source=str(model_path))
+        load_weights(vocoder.model, state, source=str(model_path), optional=(),
+                     hint=f"the file does not match {folder / 'config.json'}")
         vocoder.model.remove_weight_norm()
         return vocoder.to(device).eval()
 

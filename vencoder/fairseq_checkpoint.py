@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import torch
 from torch import _weights_only_unpickler
 
+from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise CheckpointError(f"{path}: file not found")
     torch_safe = set(_weights_only_unpickler._get_allowed_globals())
     unsafe = sorted(pickle_globals(path) - torch_safe)
     refused = [name for name in unsafe if not may_stand_in(name)]
@@ -137,13 +138,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refusing to load; the pickle refers to code that would run on load: {', '.join(refused)}"
         )
     standins = [(standin_class(name), name) for name in unsafe]
-    try:
-        with torch.serialization.safe_globals(standins):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or ValueError for bad files
-        if "Unsupported global" in str(e) or "Trying to" in str(e) or "Can only" in str(e):
-            raise UnsafeCheckpointError(f"{path}: refusing to load ({e})") from None
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    return load_torch_file(path, "torch checkpoint", map_location, extra_globals=standins)
 
 
 def to_plain(obj: Any) -> Any:

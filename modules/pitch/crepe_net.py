@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -101,10 +102,7 @@ def resolve_weights(model: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str, device: str, mtime_ns: int) -> CrepeNet:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: cannot be read as a CREPE weight file ({e})") from e
+    state = load_torch_file(path, "CREPE weight file")
     if not isinstance(state, dict) or "classifier.weight" not in state or "conv1.weight" not in state:
         raise CheckpointError(f"{path}: not a CREPE state dict (no 'conv1.weight' / 'classifier.weight')")
     width = state["conv1.weight"].shape[0]

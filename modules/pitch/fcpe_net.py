@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -244,12 +245,7 @@ def _as_dict(value: Any) -> dict:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict in our layout, config dict) of an FCPE checkpoint; CheckpointError when unusable."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: FCPE checkpoint not found") from None
-    except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: cannot be read as an FCPE checkpoint ({e})") from e
+    ckpt = load_torch_file(path, "FCPE checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not an FCPE checkpoint (expected a dict with 'model' and 'config')")
     config = _as_dict(ckpt.get("config")) or _as_dict(ckpt.get("config_dict"))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.audio import resample
+from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError
 from modules.features import mel_basis
 from modules.pitch.base import F0Predictor, resize_nearest
@@ -266,10 +267,7 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> RMVPENet:
     del mtime_ns, size  # part of the cache key only: a replaced file is reloaded
     file = Path(path)
     logger.info("loading RMVPE from %s on %s", file, device)
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for corrupt or pickled-code files
-        raise CheckpointError(f"{file}: cannot be read as a torch checkpoint ({type(e).__name__}: {e})") from e
+    obj = load_torch_file(file, "RMVPE checkpoint")
     state = _extract_state_dict(obj, file)
     net = RMVPENet()
     _check_keys(net, state, file)
