@@ -22,12 +22,13 @@ def windowed_sinc_reference(x: np.ndarray, orig_sr: int, new_sr: int, lowpass_fi
     n_out = math.ceil(len(x) * new_sr / orig_sr)
     reach = int(math.ceil(support * orig_sr)) + 2
     offsets = np.arange(-reach, reach + 1)
-    times = np.arange(n_out) / new_sr
-    nearest = np.floor(times * orig_sr).astype(np.int64)
-    k = nearest[:, None] + offsets[None, :]
-    inside = (k >= 0) & (k < len(x))
-    t = times[:, None] - k / orig_sr
-    ct = cutoff * t
-    h = (cutoff / orig_sr) * np.sinc(ct) * np.cos(np.pi * ct / (2 * lowpass_filter_width)) ** 2
-    h = np.where(np.abs(ct) <= lowpass_filter_width, h, 0.0)
-    return (np.where(inside, h * x[np.clip(k, 0, len(x) - 1)], 0.0)).sum(axis=1)
+    out = np.empty(n_out)
+    for start in range(0, n_out, 2048):  # bounded memory: a band of inputs for 2048 outputs at a time
+        times = np.arange(start, min(start + 2048, n_out)) / new_sr
+        k = np.floor(times * orig_sr).astype(np.int64)[:, None] + offsets[None, :]
+        inside = (k >= 0) & (k < len(x))
+        ct = cutoff * (times[:, None] - k / orig_sr)
+        h = (cutoff / orig_sr) * np.sinc(ct) * np.cos(np.pi * ct / (2 * lowpass_filter_width)) ** 2
+        h = np.where(inside & (np.abs(ct) <= lowpass_filter_width), h, 0.0)
+        out[start:start + len(times)] = (h * x[np.clip(k, 0, len(x) - 1)]).sum(axis=1)
+    return out
