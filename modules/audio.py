@@ -40,7 +40,7 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _sinc_kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple["torch.Tensor", int]:
+def _sinc_kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     """Polyphase bank [new, 1, taps] (float64) for rates already divided by their gcd, and its half-width.
 
     Phase i computes output i of each block of `new` outputs from a window of input samples that starts

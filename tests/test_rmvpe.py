@@ -13,8 +13,16 @@ import torch
 from modules.audio import resample_sinc
 from modules.pitch import get_f0_predictor
 from modules.pitch.rmvpe import (
-    CENTS_OFFSET, RMVPEArch, RMVPELoadError, RMVPENet, _check_keys, _extract_state_dict, decode_salience, infer_arch,
-    load_rmvpe, log_mel,
+    CENTS_OFFSET,
+    RMVPEArch,
+    RMVPELoadError,
+    RMVPENet,
+    _check_keys,
+    _extract_state_dict,
+    decode_salience,
+    infer_arch,
+    load_rmvpe,
+    log_mel,
 )
 from tests.support.sinc_reference import windowed_sinc_reference
 from tests.support.voices import Note, synth_notes
@@ -187,7 +195,7 @@ def test_load_errors_name_the_file(tmp_path):
         load_rmvpe(pickled)
 
 
-NARROW = dict(width=4, n_blocks=1, n_middle=1, n_gru=1, gru_hidden=8)
+NARROW = {"width": 4, "n_blocks": 1, "n_middle": 1, "n_gru": 1, "gru_hidden": 8}
 
 
 @pytest.fixture(scope="module")

@@ -221,7 +221,7 @@ class RMVPENet(nn.Module):
         self.fc = nn.Sequential(*head, nn.Dropout(0.25), nn.Sigmoid())
 
     @classmethod
-    def from_arch(cls, arch: RMVPEArch) -> "RMVPENet":
+    def from_arch(cls, arch: RMVPEArch) -> RMVPENet:
         return cls(arch.n_blocks, arch.n_gru, width=arch.width, n_stages=arch.n_stages, n_middle=arch.n_middle,
                    gru_hidden=arch.gru_hidden)
 

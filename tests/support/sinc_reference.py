@@ -20,7 +20,7 @@ def windowed_sinc_reference(x: np.ndarray, orig_sr: int, new_sr: int, lowpass_fi
     cutoff = rolloff * min(orig_sr, new_sr)
     support = lowpass_filter_width / cutoff  # seconds either side where the window is non-zero
     n_out = math.ceil(len(x) * new_sr / orig_sr)
-    reach = int(math.ceil(support * orig_sr)) + 2
+    reach = math.ceil(support * orig_sr) + 2
     offsets = np.arange(-reach, reach + 1)
     out = np.empty(n_out)
     for start in range(0, n_out, 2048):  # bounded memory: a band of inputs for 2048 outputs at a time
