@@ -2,7 +2,8 @@
 
 `load_audio` reads anything libsndfile reads (wav, flac, ogg, mp3 with libsndfile >= 1.1, any bit
 depth and channel count), averages channels to mono and resamples with soxr (very high quality).
-Problems come back as `AudioError` with the file name and a plain reason.
+Problems come back as `AudioError` with the file name and a plain reason. `resample_sinc` is the
+torch windowed-sinc resampler for the pitch networks (RMVPE, FCPE) that were trained behind that kernel.
 """
 from __future__ import annotations
 
