@@ -1,6 +1,6 @@
 """Training data: the per-clip feature files written by preprocessing, a dataset, collate and loaders.
 
-For a clip `x.wav` the preprocessing writes (SOVITS41_FACTS 1.3) `x.wav.soft.pt` (units
+For a clip `x.wav` the preprocessing writes `x.wav.soft.pt` (units
 [1, D, T_u] at about 50 frames/s), `x.wav.f0.npy` (a pickled object array (2, T): interpolated
 f0 in Hz and uv), `x.spec.pt` (linear spectrogram [n_fft//2+1, T]; note the name REPLACES
 `.wav`) and, with `vol_embedding`, `x.wav.vol.npy` (frame RMS [T]). Every per-frame file of an

@@ -148,7 +148,7 @@ def encoder_dim(speech_encoder: str) -> int:
 
 def build_configs(spk: dict[str, int], speech_encoder: str = "vec768l12", vol_aug: bool = False, tiny: bool = False,
                   train_list: str | None = None, val_list: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """config.json and diffusion.yaml contents from the templates (§1.2 dimension overrides)."""
+    """config.json and diffusion.yaml contents from the templates (the unit width sets ssl_dim and gin_channels)."""
     if not spk:
         raise DatasetError("no speakers to write into the config")
     dim = encoder_dim(speech_encoder)

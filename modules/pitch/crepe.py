@@ -1,6 +1,6 @@
 """`crepe` F0 predictor: the CREPE network (full or tiny) with so-vits-svc 4.1's post-processing.
 
-Steps (reference section 9): resample to 16 kHz; one 1024-sample frame every int(hop * 16000 / sr)
+Steps, as so-vits-svc 4.1 runs them: resample to 16 kHz; one 1024-sample frame every int(hop * 16000 / sr)
 samples (185 for 512 @ 44.1 kHz); network activations; viterbi decoding restricted to f0_min..f0_max;
 periodicity = activation of the chosen bin, median-filtered (3) and zeroed where the A-weighted
 loudness is below -60 dB; f0 dropped where periodicity < threshold; NaN-ignoring mean filter (3);

@@ -1,6 +1,7 @@
 """`fcpe` F0 predictor: the FCPE network on `pretrain/fcpe.pt` when present, else torchfcpe's bundled weights.
 
-Steps (reference section 9): resample to the checkpoint's mel rate (16 kHz); log-mel with the
+Steps, as so-vits-svc 4.1 runs them: resample to the checkpoint's mel rate (16 kHz) with the original's
+windowed-sinc resampler (modules.audio.resample_sinc, 128 zero crossings); log-mel with the
 checkpoint's `mel` parameters (modules.features.nsf_mel: reflect padding, centre=False, slaney mel,
 log clamp 1e-5); frame count fixed to len(input) // mel_hop + 1 as the original does (one frame
 repeated or frames dropped); network; local_argmax decoding with the threshold (unvoiced -> 0);
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.audio import resample
+from modules.audio import resample_sinc
 from modules.errors import CheckpointError
 from modules.features import nsf_mel
 from modules.pitch.base import F0Predictor, resize_nearest
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 USER_CHECKPOINT = PROJECT_ROOT / "pretrain" / "fcpe.pt"
+# The original's mel front end resamples with torchaudio's Hann-windowed sinc, 128 zero crossings, rolloff 0.99.
+RESAMPLE_ZERO_CROSSINGS = 128
+RESAMPLE_ROLLOFF = 0.99
 
 
 def default_checkpoint() -> Path:
@@ -46,8 +50,9 @@ def fcpe_mel(audio: np.ndarray, sr: int, mel: MelConfig) -> torch.Tensor:
     The frame count uses the length at the *input* rate, exactly like the original: when that is
     more than the mel has, the last frame is repeated once; when fewer, the extra frames are dropped.
     """
-    audio_m = resample(np.asarray(audio, dtype=np.float32), sr, mel.sr)
-    spec = nsf_mel(torch.from_numpy(audio_m)[None], sr=mel.sr, n_fft=mel.n_fft, hop=mel.hop, win=mel.win,
+    audio_m = resample_sinc(torch.from_numpy(np.asarray(audio, dtype=np.float32))[None], sr, mel.sr,
+                            lowpass_filter_width=RESAMPLE_ZERO_CROSSINGS, rolloff=RESAMPLE_ROLLOFF)
+    spec = nsf_mel(audio_m, sr=mel.sr, n_fft=mel.n_fft, hop=mel.hop, win=mel.win,
                    n_mels=mel.n_mels, fmin=mel.fmin, fmax=mel.fmax).transpose(1, 2)
     wanted = len(audio) // mel.hop + 1
     if wanted > spec.size(1):

@@ -3,11 +3,14 @@
 The module and attribute names below mirror the published checkpoint (`pretrain/rmvpe.pt`, the
 yxlllc RMVPE 230917 `model.pt`: `{'model': state_dict}` of E2E0(n_blocks=4, n_gru=1, kernel=(2, 2))),
 so the file loads with a strict `load_state_dict`. RVC's `rmvpe.pt`, a bare state dict of the same
-network without the unused timbre-filter branch, is accepted too.
+network without the unused timbre-filter branch, is accepted too. The sizes (base width, blocks per
+stage, stages, middle layers, GRU layers and width) are read from the file's state dict, so narrower
+or wider networks in the same layout load as well.
 
-Pipeline per clip: resample to 16 kHz (soxr) -> centred STFT log-mel (128 HTK bins, 30-8000 Hz,
-n_fft = win = 1024, hop 160) -> pad the frames to a multiple of 32 -> salience [frames, 360] ->
-weighted mean of the cents around the argmax where the peak exceeds `threshold` -> nearest-resize
+Pipeline per clip: resample to 16 kHz (Hann-windowed sinc, 128 zero crossings, rolloff 0.99: the
+torchaudio resampler the original runs) -> centred STFT log-mel (128 HTK bins, 30-8000 Hz,
+n_fft = win = 1024, hop 160) -> zero-pad (in the log-mel domain, on the right) to a multiple of 32
+frames (2 ** stages) -> salience [frames, 360] -> weighted mean of the cents around the argmax where the peak exceeds `threshold` -> nearest-resize
 from 100 frames/s to the caller's T frames.
 """
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.audio import resample
+from modules.audio import resample_sinc
 from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError
 from modules.features import mel_basis
@@ -46,7 +51,8 @@ MEL_FMIN = 30.0
 MEL_FMAX = 8000.0
 N_CLASSES = 360
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0; bin i is 20 * i cents above it
-FRAME_MULTIPLE = 32  # five 2x poolings in time
+RESAMPLE_ZERO_CROSSINGS = 128  # the original's resampler: lowpass_filter_width 128, rolloff 0.99, Hann
+RESAMPLE_ROLLOFF = 0.99
 
 
 class ResidualConvBlock(nn.Module):
@@ -184,18 +190,42 @@ class BiGRU(nn.Module):
         return self.gru(x)[0]
 
 
-class RMVPENet(nn.Module):
-    """E2E0: log-mel [B, 128, T] -> pitch salience [B, T, 360] in (0, 1)."""
+@dataclass(frozen=True)
+class RMVPEArch:
+    """The sizes a checkpoint fixes; the defaults are the published E2E0(4, 1, (2, 2)) with width 16."""
 
-    def __init__(self, n_blocks: int = 4, n_gru: int = 1, pool: tuple[int, int] = (2, 2), width: int = 16) -> None:
+    width: int = 16  # channels of the first encoder stage; each deeper stage doubles it
+    n_blocks: int = 4  # residual blocks per encoder/decoder stage and per middle layer
+    n_stages: int = 5  # encoder (and decoder) stages, each pooling time and frequency by 2
+    n_middle: int = 4  # middle layers at the bottom of the U-Net
+    n_gru: int = 1  # bidirectional GRU layers; 0: a linear layer instead
+    gru_hidden: int = 256  # per direction
+
+    def describe(self) -> str:
+        return (f"E2E0(n_blocks={self.n_blocks}, n_gru={self.n_gru}, width={self.width}, "
+                f"stages={self.n_stages}, middle={self.n_middle}, gru_hidden={self.gru_hidden})")
+
+
+class RMVPENet(nn.Module):
+    """E2E0: log-mel [B, 128, T] -> pitch salience [B, T, 360] in (0, 1). T must be a multiple of frame_multiple."""
+
+    def __init__(self, n_blocks: int = 4, n_gru: int = 1, pool: tuple[int, int] = (2, 2), width: int = 16,
+                 n_stages: int = 5, n_middle: int = 4, gru_hidden: int = 256) -> None:
         super().__init__()
-        self.unet = DeepUNet(pool, n_blocks, width=width)
+        self.arch = RMVPEArch(width, n_blocks, n_stages, n_middle, n_gru, gru_hidden)
+        self.frame_multiple = pool[0] ** n_stages
+        self.unet = DeepUNet(pool, n_blocks, n_stages=n_stages, n_middle=n_middle, width=width)
         self.cnn = nn.Conv2d(width, 3, 3, padding=1)
         if n_gru:
-            head: list[nn.Module] = [BiGRU(3 * N_MELS, 256, n_gru), nn.Linear(512, N_CLASSES)]
+            head: list[nn.Module] = [BiGRU(3 * N_MELS, gru_hidden, n_gru), nn.Linear(2 * gru_hidden, N_CLASSES)]
         else:
             head = [nn.Linear(3 * N_MELS, N_CLASSES)]
         self.fc = nn.Sequential(*head, nn.Dropout(0.25), nn.Sigmoid())
+
+    @classmethod
+    def from_arch(cls, arch: RMVPEArch) -> RMVPENet:
+        return cls(arch.n_blocks, arch.n_gru, width=arch.width, n_stages=arch.n_stages, n_middle=arch.n_middle,
+                   gru_hidden=arch.gru_hidden)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.unet(mel.transpose(-1, -2).unsqueeze(1))  # [B, 1, T, mels] -> [B, width, T, mels]
@@ -236,6 +266,36 @@ def decode_salience(salience: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(voiced, 10.0 * 2.0 ** (mean_cents / 1200.0), 0.0)
 
 
+def _count_indices(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many consecutive `prefix{i}.` entries (i = 0, 1, ...) the state dict has."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_arch(state: Mapping[str, torch.Tensor]) -> RMVPEArch:
+    """The network sizes from the keys and shapes of an E2E0 state dict.
+
+    The first conv of the first encoder block is [width, 1, 3, 3]; the stage, block and layer counts
+    are the numbers of indexed sub-modules; a GRU's hidden-to-hidden matrix is [3 * hidden, hidden].
+    A size the file does not show keeps the published value, and the key/shape check then names what
+    does not fit, so a damaged file is reported against the layout it comes closest to.
+    """
+    published = RMVPEArch()
+    first = state.get("unet.encoder.layers.0.conv.0.conv.0.weight")
+    gru_layers = {int(m.group(1)) for k in state if (m := re.fullmatch(r"fc\.0\.gru\.weight_ih_l(\d+)", k))}
+    n_gru = max(gru_layers) + 1 if gru_layers else (0 if "fc.0.weight" in state else published.n_gru)
+    hidden = state.get("fc.0.gru.weight_hh_l0")
+    return RMVPEArch(
+        width=int(first.shape[0]) if first is not None and first.dim() == 4 else published.width,
+        n_blocks=_count_indices(state, "unet.encoder.layers.0.conv.") or published.n_blocks,
+        n_stages=_count_indices(state, "unet.encoder.layers.") or published.n_stages,
+        n_middle=_count_indices(state, "unet.intermediate.layers.") or published.n_middle,
+        n_gru=n_gru,
+        gru_hidden=int(hidden.shape[1]) if hidden is not None and hidden.dim() == 2 else published.gru_hidden,
+    )
+
+
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         return dict(obj["model"])
@@ -259,7 +319,7 @@ def _check_keys(net: RMVPENet, state: dict[str, torch.Tensor], path: Path) -> No
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})")
-        raise CheckpointError(f"{path}: does not match the RMVPE E2E0(4, 1, (2, 2)) layout: " + "; ".join(parts))
+        raise CheckpointError(f"{path}: does not match the RMVPE {net.arch.describe()} layout: " + "; ".join(parts))
 
 
 @functools.lru_cache(maxsize=4)
@@ -269,7 +329,7 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> RMVPENet:
     logger.info("loading RMVPE from %s on %s", file, device)
     obj = load_torch_file(file, "RMVPE checkpoint")
     state = _extract_state_dict(obj, file)
-    net = RMVPENet()
+    net = RMVPENet.from_arch(infer_arch(state))
     _check_keys(net, state, file)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return net.to(device).eval()
@@ -301,19 +361,27 @@ class RMVPEF0Predictor(F0Predictor):
     @torch.inference_mode()
     def salience(self, wav: np.ndarray) -> np.ndarray:
         """Salience [frames at 100/s, 360] for audio at `sampling_rate`."""
-        audio = resample(np.asarray(wav, dtype=np.float32), self.sampling_rate, SAMPLE_RATE)
-        if audio.size < 2:
+        audio = torch.from_numpy(np.asarray(wav, dtype=np.float32)).to(self.device).unsqueeze(0)
+        x = resample_sinc(audio, self.sampling_rate, SAMPLE_RATE, lowpass_filter_width=RESAMPLE_ZERO_CROSSINGS,
+                          rolloff=RESAMPLE_ROLLOFF)
+        if x.shape[-1] < 2:
             return np.zeros((0, N_CLASSES), dtype=np.float32)
-        x = torch.from_numpy(audio).to(self.device).unsqueeze(0)
         if x.shape[-1] <= MEL_WINDOW // 2:  # reflect padding needs more samples than the pad
             x = F.pad(x, (0, MEL_WINDOW // 2 + 1 - x.shape[-1]))
-        mel = log_mel(x)
+        return self.mel_salience(log_mel(x))[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def mel_salience(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel [B, 128, T] -> salience [B, T, 360].
+
+        The frames are padded on the right with zeros (log-mel value 0, not a copy of the signal) up to
+        the network's multiple, as the original does: the BiGRU carries the padding into every frame,
+        so any other padding changes the salience everywhere.
+        """
         n_frames = mel.shape[-1]
-        padded = -(-n_frames // FRAME_MULTIPLE) * FRAME_MULTIPLE
-        if padded > n_frames:
-            mode = "reflect" if padded - n_frames < n_frames else "replicate"
-            mel = F.pad(mel, (0, padded - n_frames), mode=mode)
-        return self.net(mel)[0, :n_frames].float().cpu().numpy()
+        multiple = self.net.frame_multiple
+        mel = F.pad(mel, (0, -(-n_frames // multiple) * multiple - n_frames), mode="constant", value=0.0)
+        return self.net(mel)[:, :n_frames]
 
     def compute_raw_f0(self, wav: np.ndarray) -> np.ndarray:
         n_frames = self.n_frames(wav)

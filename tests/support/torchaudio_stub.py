@@ -4,8 +4,11 @@ torchaudio does not load with our torch build, and resampy, einops and local_att
 installed. The tests only need the packages' networks and decoders, so each stand-in provides just
 what they touch at import or run time:
 
-- torchaudio.transforms.Resample and torchaudio.load: resampling with our soxr resampler
-  (tests feed 16 kHz audio, so it is not actually used for the compared outputs);
+- torchaudio.transforms.Resample: torchaudio's Hann-windowed sinc kernel (its default method, with the
+  lowpass_filter_width and rolloff the caller passes), evaluated straight from the interpolation
+  formula (tests/support/sinc_reference.py), so a package front end compared at 44.1 kHz runs the
+  real kernel and not our own resampler;
+- torchaudio.load: our audio loader;
 - resampy.resample: the same soxr resampler;
 - einops.rearrange / repeat: only the three patterns the FCPE attention uses;
 - local_attention.LocalAttention: raises if constructed (FCPE only builds it with local heads > 0).
@@ -26,16 +29,24 @@ import numpy as np
 import torch
 
 from modules.audio import load_audio, resample
+from tests.support.sinc_reference import windowed_sinc_reference
 
 
 class _Resample(torch.nn.Module):
-    def __init__(self, orig_freq: int = 16000, new_freq: int = 16000, **_: object) -> None:
+    def __init__(self, orig_freq: int = 16000, new_freq: int = 16000, resampling_method: str = "sinc_interp_hann",
+                 lowpass_filter_width: int = 6, rolloff: float = 0.99, **_: object) -> None:
         super().__init__()
+        if resampling_method not in ("sinc_interp_hann", "sinc_interpolation"):
+            raise NotImplementedError(f"torchaudio stub: resampling_method '{resampling_method}' not supported")
         self.orig_freq, self.new_freq = int(orig_freq), int(new_freq)
+        self.lowpass_filter_width, self.rolloff = int(lowpass_filter_width), float(rolloff)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        rows = waveform.reshape(-1, waveform.shape[-1]).detach().cpu().numpy()
-        out = np.stack([resample(r, self.orig_freq, self.new_freq) for r in rows])
+        if self.orig_freq == self.new_freq:
+            return waveform
+        rows = waveform.reshape(-1, waveform.shape[-1]).detach().cpu().double().numpy()
+        out = np.stack([windowed_sinc_reference(r, self.orig_freq, self.new_freq, self.lowpass_filter_width,
+                                                self.rolloff) for r in rows])
         return torch.from_numpy(out).reshape(*waveform.shape[:-1], -1).to(waveform)
 
 
