@@ -213,8 +213,7 @@ def load_weights(model: nn.Module, saved: Mapping[str, Any], source: str = "chec
 def model_state(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
     """The `model` state dict of a G_/D_ checkpoint; CheckpointError when there is none."""
     if not isinstance(ckpt.get("model"), Mapping):
-        raise CheckpointError(f"{path}: no 'model' state dict in the checkpoint (keys: {sorted(ckpt)}); "
-                              f"is it a G_*.pth file?")
+        raise CheckpointError(f"{path}: not a G checkpoint (no 'model' state dict; keys: {sorted(ckpt)})")
     return dict(ckpt["model"])
 
 

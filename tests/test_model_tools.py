@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import compress_model
-from modules import model_tools
+import mix_models
+from modules import model_mix
 from modules.inference import SvcEngine
-from modules.model_tools import ModelToolError, mix_state_dicts, mix_weights
+from modules.errors import CheckpointError, ConfigError
+from modules.model_mix import mix_state_dicts, mix_weights
 from tests.support.h6_models import random_generator, write_generator, write_tiny_project
 
 
@@ -24,9 +26,9 @@ def test_mix_weights_per_mode():
     assert mix_weights([70, 30], "exact") == pytest.approx([0.7, 0.3])
     assert mix_weights([70, 30], "linear") == pytest.approx([0.7, 0.3])
     assert mix_weights([100, 100], "linear") == pytest.approx([1.0, 1.0])
-    with pytest.raises(ModelToolError, match="unknown mix mode"):
+    with pytest.raises(ConfigError, match="unknown mix mode"):
         mix_weights([1, 2], "average")
-    with pytest.raises(ModelToolError, match="positive sum"):
+    with pytest.raises(ConfigError, match="positive sum"):
         mix_weights([0, 0], "exact")
 
 
@@ -36,16 +38,16 @@ def test_mix_state_dicts_values_and_errors():
     mixed = mix_state_dicts([a, b], [0.25, 0.75])
     torch.testing.assert_close(mixed["w"], torch.tensor([2.5, 5.0]))
     assert torch.equal(mixed["n"], a["n"])  # integer tensors are the first model's
-    with pytest.raises(ModelToolError, match=r"b\.pth: 'w' has shape \[3\]"):
+    with pytest.raises(CheckpointError, match=r"b\.pth: 'w' has shape \[3\]"):
         mix_state_dicts([a, {"w": torch.zeros(3)}], [0.5, 0.5], ["a.pth", "b.pth"])
-    with pytest.raises(ModelToolError, match="has no tensor 'w'"):
+    with pytest.raises(CheckpointError, match="has no tensor 'w'"):
         mix_state_dicts([a, {}], [0.5, 0.5])
 
 
 @pytest.mark.parametrize("mode", ["convex", "exact"])
 def test_mixing_identical_checkpoints_returns_the_same_weights(project, tmp_path, mode):
     out = tmp_path / "mixed.pth"
-    assert model_tools.main(["mix", "-i", str(project.model), str(project.model), "-r", "100", "100",
+    assert mix_models.main(["-i", str(project.model), str(project.model), "-r", "100", "100",
                              "-m", mode, "-o", str(out)]) == 0
     original = torch.load(project.model, weights_only=True)
     mixed = torch.load(out, weights_only=True)
@@ -57,13 +59,13 @@ def test_mixing_identical_checkpoints_returns_the_same_weights(project, tmp_path
 
 def test_mix_two_models_is_the_weighted_sum(project, tmp_path):
     other = write_generator(tmp_path / "G_2.pth", random_generator(project.hps, seed=5), with_optimizer=False)
-    out = model_tools.mix_checkpoints([project.model, other], [30, 10], "exact", tmp_path / "m.pth")
+    out = model_mix.mix_checkpoints([project.model, other], [30, 10], "exact", tmp_path / "m.pth")
     a = torch.load(project.model, weights_only=True)["model"]
     b = torch.load(other, weights_only=True)["model"]
     m = torch.load(out, weights_only=True)["model"]
     key = "emb_g.weight"
     torch.testing.assert_close(m[key], 0.75 * a[key] + 0.25 * b[key])
-    assert model_tools.main(["mix", "-i", str(project.model), "-r", "1", "-o", str(tmp_path / "x.pth")]) == 2
+    assert mix_models.main(["-i", str(project.model), "-r", "1", "-o", str(tmp_path / "x.pth")]) == 2
 
 
 def test_compress_round_trip(project, tmp_path, capsys):
