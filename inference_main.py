@@ -5,36 +5,19 @@
 `-n` takes names under raw/ (".wav" appended when there is no dot, as the original), file paths, or
 folders (every audio file inside, recursively). Each name gets the matching `-t` (missing ones repeat
 the first); every name is converted for every `-s` speaker. Results go to
-results/{name}_{key}_{spk}_sovits_{f0p}.{wf}. The logic lives in modules.inference.
+results/{name}_{key}_{spk}_sovits_{f0p}.{wf}. The logic lives in modules.inference_batch and
+modules.inference.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import soundfile as sf
-
-from modules.audio import save_audio
-from modules.errors import AudioError, CheckpointError, ConfigError, InferenceError
-from modules.inference import ConvertOptions, SvcEngine
-from modules.inference_plan import output_name
+from modules.cli import run_cli
+from modules.inference import ConvertOptions
+from modules.inference_batch import BatchRequest, convert_batch
 from modules.pitch import PREDICTOR_NAMES
-from modules.spkmix import load_spk_mix
-
-logger = logging.getLogger("inference_main")
-
-AUDIO_EXTENSIONS = {"." + ext.lower() for ext in sf.available_formats()} | {".mp3", ".ogg", ".oga", ".opus"}
-
-
-@dataclass(frozen=True)
-class Job:
-    source: Path  # audio file to read
-    clean_name: str  # name used in the result file name (may contain sub-folders)
-    transpose: int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,95 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
-def resolve_jobs(names: Sequence[str], trans: Sequence[int], raw_dir: Path) -> list[Job]:
-    """Expand -n entries into files; bare names resolve under raw/ like the original."""
-    trans = list(trans) + [trans[0]] * max(0, len(names) - len(trans))
-    jobs: list[Job] = []
-    for name, t in zip(names, trans):
-        path = Path(name)
-        if path.is_dir():
-            files = _audio_files(path)
-            if not files:
-                raise InferenceError(f"{path}: folder has no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
-            jobs += [Job(f, f.relative_to(path).as_posix(), t) for f in files]
-        elif path.is_file():
-            jobs.append(Job(path, path.name, t))
-        else:
-            raw = raw_dir / name
-            if "." not in name:
-                raw = raw.with_name(raw.name + ".wav")
-            if not raw.is_file():
-                raise InferenceError(f"input '{name}' not found (looked for {path} and {raw}); pass a file, a folder, "
-                                     f"or a name under {raw_dir}/")
-            jobs.append(Job(raw, name, t))
-    return jobs
-
-
-def run(args: argparse.Namespace) -> list[Path]:
-    raw_dir, results = Path(args.raw_dir), Path(args.results_dir)
-    jobs = resolve_jobs(args.clean_names, args.trans, raw_dir)
-    engine = SvcEngine.load(args.model_path, args.config_path, device=args.device, fast=args.fast,
-                            pretrain_dir=args.pretrain_dir)
-    mix = None
-    if args.use_spk_mix:
-        mix = load_spk_mix(args.spk_mix_file, engine.speakers, engine.n_speakers)
-        if not mix.enabled:
-            logger.warning("%s: fewer than two speakers in the map; speaker mixing is off", args.spk_mix_file)
-            mix = None
-    speakers = args.spk_list or [min(engine.speakers, key=engine.speakers.get) if engine.speakers else "0"]
-    for spk in speakers:  # fail before any work on an unknown speaker or a missing encoder file
-        engine.resolve_speaker(spk)
-    _ = engine.encoder  # built now, so a missing pretrained file stops the run before any work
-    if mix is not None:
-        speakers = speakers[:1]
-    written: list[Path] = []
-    show = not args.no_progress
-    from tqdm import tqdm
-
-    work = [(job, spk) for job in jobs for spk in speakers]
-    for job, spk in tqdm(work, desc="files", unit="file", disable=not show, position=0):
-        options = ConvertOptions(
-            speaker=spk, transpose=job.transpose, clip_seconds=args.clip, linear_gradient=args.linear_gradient,
-            linear_gradient_retain=args.linear_gradient_retain, pad_seconds=args.pad_seconds, slice_db=args.slice_db,
-            auto_predict_f0=args.auto_predict_f0, f0_predictor=args.f0_predictor,
-            f0_threshold=args.f0_filter_threshold, noise_scale=args.noice_scale,
-            loudness_envelope_adjustment=args.loudness_envelope_adjustment, spk_mix=mix,
-        )
-        audio = engine.convert_file(job.source, options, show_progress=show)
-        name = output_name(job.clean_name, job.transpose, str(spk), args.f0_predictor, args.wav_format,
-                           auto_f0=args.auto_predict_f0, spk_mix=mix is not None)
-        out = results / name
-        save_audio(out, audio, engine.sr)
-        written.append(out)
-        logger.info("%s -> %s", job.source, out)
-    return written
-
-
-# Errors that mean "the user must change something": reported as one line, exit code 2.
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    InferenceError, ConfigError, CheckpointError, AudioError, InferenceError, ConfigError, CheckpointError,
-)
+def run(args: argparse.Namespace) -> None:
+    options = ConvertOptions(
+        clip_seconds=args.clip, linear_gradient=args.linear_gradient,
+        linear_gradient_retain=args.linear_gradient_retain, pad_seconds=args.pad_seconds, slice_db=args.slice_db,
+        auto_predict_f0=args.auto_predict_f0, f0_predictor=args.f0_predictor, f0_threshold=args.f0_filter_threshold,
+        noise_scale=args.noice_scale, loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+    )
+    written = convert_batch(BatchRequest(
+        model_path=args.model_path, config_path=args.config_path, names=args.clean_names, transposes=args.trans,
+        speakers=args.spk_list, options=options, spk_mix_file=args.spk_mix_file if args.use_spk_mix else None,
+        raw_dir=args.raw_dir, results_dir=args.results_dir, wav_format=args.wav_format, device=args.device,
+        fast=args.fast, pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress,
+    ))
+    print(f"wrote {len(written)} file(s): " + ", ".join(str(p) for p in written))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 < args.linear_gradient_retain <= 1:
-        parser.error(f"-lgr must be in (0, 1], got {args.linear_gradient_retain}")
-    if args.clip < 0 or args.linear_gradient < 0 or args.pad_seconds < 0:
-        parser.error("-cl, -lg and -p must not be negative")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        written = run(args)
-    except KNOWN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} file(s): " + ", ".join(str(p) for p in written))
-    return 0
+
+    def checked_run(args: argparse.Namespace) -> None:
+        if not 0 < args.linear_gradient_retain <= 1:
+            parser.error(f"-lgr must be in (0, 1], got {args.linear_gradient_retain}")
+        if args.clip < 0 or args.linear_gradient < 0 or args.pad_seconds < 0:
+            parser.error("-cl, -lg and -p must not be negative")
+        run(args)
+
+    return run_cli(parser, checked_run, argv)
 
 
 if __name__ == "__main__":

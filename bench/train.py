@@ -75,7 +75,8 @@ def run_one(config: str, device: str, batch_size: int, precision: str, segment: 
     import torch
 
     from modules.config import load_config
-    from modules.training import DistContext, Trainer, TrainOptions, resolve_device
+    from modules.device import resolve_device
+    from modules.training import DistContext, Trainer, TrainOptions
 
     hps = load_config(config)
     hps.train.batch_size = batch_size
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = args.devices
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    from modules.training import cpu_has_fast_half
+    from modules.device import cpu_has_fast_half
 
     rows = []
     for device in devices:

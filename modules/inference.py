@@ -28,6 +28,7 @@ import torch
 from modules.audio import load_audio, resample
 from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
+from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import InferenceError
 from modules.features import repeat_expand_2d, volume
 from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
@@ -42,7 +43,7 @@ from modules.inference_plan import (
     to_output_samples,
 )
 from modules.pitch import get_f0_predictor
-from modules.spkmix import SpeakerMix
+from modules.speaker_mix import SpeakerMix
 
 logger = logging.getLogger(__name__)
 
@@ -90,30 +91,11 @@ class ConversionStats:
 
 
 def _reduced_precision_is_fast(device: torch.device) -> bool:
-    """Whether fast mode (bf16 autocast on CPU, fp16 on GPU) can help on this device.
-
-    Without native bf16 (AVX512-BF16 / AMX) the CPU emulates it, which is far slower than fp32
-    (measured: over 50x on an AVX2 machine), so fast mode then falls back to fp32 with a warning.
-    """
-    if device.type != "cpu":
+    """Whether fast mode (bf16 autocast on CPU, fp16 on GPU) can help on this device."""
+    if device.type != "cpu" or cpu_has_fast_half(torch.bfloat16):
         return True
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    if not native:
-        logger.warning("fast mode: this CPU has no native bf16 (emulated bf16 is much slower); running fp32")
-    return native
-
-
-def pick_device(device: str | None) -> torch.device:
-    """`None`/"auto" means CUDA when present, else CPU."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise InferenceError(f"device '{device}' is not valid ({e}); use cpu, cuda or cuda:N") from None
+    logger.warning("fast mode: this CPU has no native bf16 (emulated bf16 is much slower); running fp32")
+    return False
 
 
 class SvcEngine:
@@ -154,7 +136,7 @@ class SvcEngine:
         hps = load_config(config_path)
         if not Path(model_path).is_file():
             raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
-        dev = pick_device(device)
+        dev = resolve_device(device)
         model = SynthesizerTrn.from_hparams(hps)
         load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
                      hint=f"pass the config.json the model was trained with (-c, now {config_path})")
@@ -367,5 +349,5 @@ def _progress_bar(pieces: list[Piece], show: bool):
 
 __all__ = [
     "ConvertOptions", "ConversionStats", "InferenceError", "PieceFeatures", "SvcEngine",
-    "pick_device", "DEFAULT_SEED",
+    "DEFAULT_SEED",
 ]

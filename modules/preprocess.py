@@ -33,6 +33,7 @@ import torch
 from modules.audio import load_audio, resample
 from modules.config import load_config, load_diffusion_config
 from modules.dataset_files import ClipFiles
+from modules.device import resolve_device
 from modules.errors import AudioError, CheckpointError, ConfigError, SvcError
 from modules.features import spectrogram, volume
 from modules.fileio import save_numpy, save_torch
@@ -261,8 +262,8 @@ def plan_chunks(paths: Sequence[Path], clips_per_chunk: int) -> list[list[Path]]
 
 def worker_devices(n_workers: int, device: str | None) -> list[str]:
     """Device per worker: the given one everywhere, else round-robin over the GPUs, else the CPU."""
-    if device:
-        return [device] * n_workers
+    if device and device != "auto":
+        return [str(resolve_device(device))] * n_workers
     if torch.cuda.is_available():
         n_gpu = torch.cuda.device_count()
         return [f"cuda:{rank % n_gpu}" for rank in range(n_workers)]

@@ -45,6 +45,7 @@ from modules.checkpoint import (
 from modules.commons import slice_segments
 from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, DataSettings, default_num_workers, make_loader
+from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import TrainingError
 from modules.features import mel_spectrogram, spec_to_mel
 from modules.fileio import atomic_path
@@ -73,19 +74,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' means cuda:<local_rank> when CUDA is available, else cpu; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def setup_distributed(device_name: str = "auto") -> DistContext:
@@ -182,19 +170,6 @@ class Precision:
         if override == "bf16":
             return cls(torch.bfloat16, False)  # bf16 has fp32's range: no loss scaling needed
         return cls(torch.float16, True)
-
-
-def cpu_has_fast_half(dtype: torch.dtype) -> bool:
-    """Whether oneDNN has native kernels for `dtype` on this CPU (AVX512-BF16 / AMX / AVX512-FP16).
-
-    Without them, CPU autocast still works but emulates: measured ~40x slower than fp32 on an AVX2 CPU.
-    """
-    try:
-        if dtype == torch.bfloat16:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -29,7 +29,7 @@ from modules.inference_plan import (
     plan_pieces,
     to_output_samples,
 )
-from modules.spkmix import load_spk_mix, validate_spk_mix
+from modules.speaker_mix import load_spk_mix, validate_spk_mix
 from tests.support.h6_models import SPEAKERS, TinyProject, random_generator, tiny_config_dict, write_tiny_project
 from tests.support.voices import synth_singing
 

@@ -9,8 +9,8 @@ import torch
 import compress_model
 import mix_models
 from modules import model_mix
-from modules.inference import SvcEngine
 from modules.errors import CheckpointError, ConfigError
+from modules.inference import SvcEngine
 from modules.model_mix import mix_state_dicts, mix_weights
 from tests.support.h6_models import random_generator, write_generator, write_tiny_project
 

@@ -1,0 +1,114 @@
+"""The conversion stage (`inference_main.py`): resolve the inputs, load the model once, convert every
+input for every target speaker and write the results.
+
+`-n` entries are names under raw/ (".wav" appended when there is no dot, as the original does), file
+paths, or folders (every audio file inside, recursively). Each entry gets the matching `-t` (missing
+ones repeat the first). Results go to results/{name}_{key}_{spk}_sovits_{f0p}.{wf}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from modules.audio import AUDIO_EXTENSIONS, save_audio
+from modules.errors import InferenceError
+from modules.inference import ConvertOptions, SvcEngine
+from modules.inference_plan import output_name
+from modules.speaker_mix import load_spk_mix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path  # audio file to read
+    clean_name: str  # name used in the result file name (may contain sub-folders)
+    transpose: int
+
+
+@dataclass
+class BatchRequest:
+    """One run of inference_main.py: what to load, what to convert, where to write."""
+
+    model_path: str | os.PathLike
+    config_path: str | os.PathLike
+    names: Sequence[str]
+    transposes: Sequence[int] = (0,)
+    speakers: Sequence[str] | None = None  # None: the config's first speaker
+    options: ConvertOptions = field(default_factory=ConvertOptions)  # speaker/transpose are set per job
+    spk_mix_file: str | os.PathLike | None = None  # set: dynamic speaker mix from this map file
+    raw_dir: str | os.PathLike = "raw"
+    results_dir: str | os.PathLike = "results"
+    wav_format: str = "flac"
+    device: str | None = None
+    fast: bool = False
+    pretrain_dir: str | os.PathLike | None = None
+    show_progress: bool = True
+
+
+def audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def resolve_jobs(names: Sequence[str], transposes: Sequence[int], raw_dir: str | os.PathLike) -> list[Job]:
+    """Expand -n entries into files; bare names resolve under raw/ like the original."""
+    raw_dir = Path(raw_dir)
+    transposes = list(transposes) + [transposes[0]] * max(0, len(names) - len(transposes))
+    jobs: list[Job] = []
+    for name, t in zip(names, transposes):
+        path = Path(name)
+        if path.is_dir():
+            files = audio_files(path)
+            if not files:
+                raise InferenceError(f"{path}: folder has no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            jobs += [Job(f, f.relative_to(path).as_posix(), t) for f in files]
+        elif path.is_file():
+            jobs.append(Job(path, path.name, t))
+        else:
+            raw = raw_dir / name
+            if "." not in name:
+                raw = raw.with_name(raw.name + ".wav")
+            if not raw.is_file():
+                raise InferenceError(f"input '{name}' not found (looked for {path} and {raw}); pass a file, a folder, "
+                                     f"or a name under {raw_dir}/")
+            jobs.append(Job(raw, name, t))
+    return jobs
+
+
+def convert_batch(request: BatchRequest) -> list[Path]:
+    """Convert every job for every speaker; returns the files written. Everything that can fail on the
+    user's input (names, speakers, model, encoder weights) is checked before the first conversion."""
+    jobs = resolve_jobs(request.names, request.transposes, request.raw_dir)
+    engine = SvcEngine.load(request.model_path, request.config_path, device=request.device, fast=request.fast,
+                            pretrain_dir=request.pretrain_dir)
+    mix = None
+    if request.spk_mix_file is not None:
+        mix = load_spk_mix(request.spk_mix_file, engine.speakers, engine.n_speakers)
+        if not mix.enabled:
+            logger.warning("%s: fewer than two speakers in the map; speaker mixing is off", request.spk_mix_file)
+            mix = None
+    speakers = list(request.speakers or [min(engine.speakers, key=engine.speakers.get) if engine.speakers else "0"])
+    for spk in speakers:
+        engine.resolve_speaker(spk)
+    _ = engine.encoder  # built now, so a missing pretrained file stops the run before any work
+    if mix is not None:
+        speakers = speakers[:1]
+    base = request.options
+    written: list[Path] = []
+    work = [(job, spk) for job in jobs for spk in speakers]
+    for job, spk in tqdm(work, desc="files", unit="file", disable=not request.show_progress, position=0):
+        options = dataclasses.replace(base, speaker=spk, transpose=job.transpose, spk_mix=mix)
+        audio = engine.convert_file(job.source, options, show_progress=request.show_progress)
+        name = output_name(job.clean_name, job.transpose, str(spk), base.f0_predictor, request.wav_format,
+                           auto_f0=base.auto_predict_f0, spk_mix=mix is not None)
+        out = Path(request.results_dir) / name
+        save_audio(out, audio, engine.sr)
+        written.append(out)
+        logger.info("%s -> %s", job.source, out)
+    return written
