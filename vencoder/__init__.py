@@ -51,11 +51,11 @@ SPEECH_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
     EncoderSpec("cnhubertlarge", 1024, None),
     EncoderSpec("dphubert", 768, None),
     EncoderSpec("wavlmbase+", 768, None),
-    EncoderSpec("vec256l9-onnx", 256, None),
-    EncoderSpec("vec256l12-onnx", 256, None),
-    EncoderSpec("vec768l9-onnx", 768, None),
-    EncoderSpec("vec768l12-onnx", 768, None),
-    EncoderSpec("hubertsoft-onnx", 256, None),
+    EncoderSpec("vec256l9-onnx", 256, "vencoder.onnx_encoders:ContentVec256L9Onnx"),
+    EncoderSpec("vec256l12-onnx", 256, "vencoder.onnx_encoders:ContentVec256L12Onnx"),
+    EncoderSpec("vec768l9-onnx", 768, "vencoder.onnx_encoders:ContentVec768L9Onnx"),
+    EncoderSpec("vec768l12-onnx", 768, "vencoder.onnx_encoders:ContentVec768L12Onnx"),
+    EncoderSpec("hubertsoft-onnx", 256, "vencoder.onnx_encoders:HubertSoftOnnx"),
 )}
 _cache: dict[tuple[str, str, str], SpeechEncoder] = {}
 _cache_lock = threading.Lock()
