@@ -33,7 +33,7 @@ def _wav(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_new_encoders_are_in_the_table():
-    assert set(ONNX_FILES) <= set(encoder_names())
+    assert set(ONNX_FILES) | {"cnhubertlarge"} <= set(encoder_names())
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,28 @@ def test_onnx_missing_and_corrupt_files(tmp_path):
 
     with pytest.raises(CheckpointFormatError, match=r"hubert-soft\.onnx: not a loadable ONNX model"):
         get_speech_encoder("hubertsoft-onnx", pretrain_dir=tmp_path)
+
+
+def test_cnhubertlarge_all_layers_final_layer_norm_raw_waveform(tmp_path):
+    from tests.support.encoder_files import write_fairseq_hubert_large
+    from vencoder.fairseq_checkpoint import load_fairseq_checkpoint
+
+    path = write_fairseq_hubert_large(tmp_path / "chinese-hubert-large-fairseq-ckpt.pt", layers=3, dim=32)
+    encoder = get_speech_encoder("cnhubertlarge", pretrain_dir=tmp_path)
+    assert encoder.dim == 32 and encoder.model.cfg.layer_norm_first and len(encoder.model.encoder.layers) == 3
+    wav = _wav(16321)
+    units = encoder.encode(wav)
+    assert units.shape == (1, 32, (16321 - 400) // 320 + 1)
+    torch.testing.assert_close(encoder.encode(wav), units)  # deterministic
+    # The last thing applied is the encoder's final layer norm: undoing its affine leaves unit-variance frames.
+    state = load_fairseq_checkpoint(path).model_state
+    normed = (units[0].T - state["encoder.layer_norm.bias"]) / state["encoder.layer_norm.weight"]
+    torch.testing.assert_close(normed.mean(-1), torch.zeros(units.shape[-1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normed.var(-1, unbiased=False), torch.ones(units.shape[-1]), atol=1e-3, rtol=0)
+    # No waveform normalisation, as in so-vits-svc 4.1 (the file's task asks for it): a DC offset, which
+    # normalisation would remove, changes the units.
+    assert not encoder.model.cfg.normalize
+    assert (encoder.encode(wav + 0.3) - units).abs().max() > 1e-2
+    batch = encoder.encode_batch([_wav(5000, 3), wav])
+    torch.testing.assert_close(batch[1], units, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(batch[0], encoder.encode(_wav(5000, 3)), atol=2e-4, rtol=1e-4)

@@ -48,7 +48,7 @@ SPEECH_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
     EncoderSpec("hubertsoft", 256, "vencoder.hubert_soft:HubertSoft"),
     EncoderSpec("whisper-ppg", 1024, None),
     EncoderSpec("whisper-ppg-large", 1280, None),
-    EncoderSpec("cnhubertlarge", 1024, None),
+    EncoderSpec("cnhubertlarge", 1024, "vencoder.cnhubert:CNHubertLarge"),
     EncoderSpec("dphubert", 768, None),
     EncoderSpec("wavlmbase+", 768, None),
     EncoderSpec("vec256l9-onnx", 256, "vencoder.onnx_encoders:ContentVec256L9Onnx"),
