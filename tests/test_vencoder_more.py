@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.support.encoder_files import tiny_onnx_module, write_onnx_encoder
 from vencoder import PretrainedFileMissing, SPEECH_ENCODERS, clear_cache, encoder_names, get_speech_encoder
@@ -33,7 +35,7 @@ def _wav(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_new_encoders_are_in_the_table():
-    assert set(ONNX_FILES) | {"cnhubertlarge"} <= set(encoder_names())
+    assert set(ONNX_FILES) | {"cnhubertlarge", "whisper-ppg", "whisper-ppg-large"} <= set(encoder_names())
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +103,101 @@ def test_cnhubertlarge_all_layers_final_layer_norm_raw_waveform(tmp_path):
     batch = encoder.encode_batch([_wav(5000, 3), wav])
     torch.testing.assert_close(batch[1], units, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(batch[0], encoder.encode(_wav(5000, 3)), atol=2e-4, rtol=1e-4)
+
+
+# ---- whisper-ppg: tiny context (100 units = 2 s windows) so the >window path runs on short audio ----
+W_CTX, W_DIM, W_HEADS = 100, 32, 4
+
+
+def reference_whisper_window(sd: dict[str, torch.Tensor], audio: np.ndarray, n_ctx: int, heads: int) -> torch.Tensor:
+    """Independent single-window whisper: numpy log-mel (pad/trim to the window), functional encoder. [n_ctx, D]"""
+    import librosa
+    import scipy.signal
+
+    window = n_ctx * 320
+    audio = np.pad(audio, (0, max(0, window - len(audio))))[:window].astype(np.float64)
+    padded = np.pad(audio, (200, 200), mode="reflect")
+    hann = scipy.signal.get_window("hann", 400)
+    frames = np.stack([padded[i * 160: i * 160 + 400] * hann for i in range(window // 160 + 1)])
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [frames, 201]
+    mel = librosa.filters.mel(sr=16000, n_fft=400, n_mels=80) @ power[:-1].T
+    log = np.log10(np.maximum(mel, 1e-10))
+    log = (np.maximum(log, log.max() - 8.0) + 4.0) / 4.0
+    x = torch.from_numpy(log).float()[None]
+    e = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    x = F.gelu(F.conv1d(x, e["conv1.weight"], e["conv1.bias"], padding=1))
+    x = F.gelu(F.conv1d(x, e["conv2.weight"], e["conv2.bias"], stride=2, padding=1))[0].T
+    x = x + e["positional_embedding"]
+    dim = x.size(1)
+    for n in range(len({k.split(".")[1] for k in e if k.startswith("blocks.")})):
+        p = f"blocks.{n}."
+        h = F.layer_norm(x, (dim,), e[p + "attn_ln.weight"], e[p + "attn_ln.bias"])
+        q = (h @ e[p + "attn.query.weight"].T + e[p + "attn.query.bias"]).view(-1, heads, dim // heads).transpose(0, 1)
+        k = (h @ e[p + "attn.key.weight"].T).view(-1, heads, dim // heads).transpose(0, 1)
+        v = (h @ e[p + "attn.value.weight"].T + e[p + "attn.value.bias"]).view(-1, heads, dim // heads).transpose(0, 1)
+        a = torch.softmax(q @ k.transpose(1, 2) / (dim // heads) ** 0.5, dim=-1) @ v
+        x = x + F.linear(a.transpose(0, 1).reshape(-1, dim), e[p + "attn.out.weight"], e[p + "attn.out.bias"])
+        h = F.layer_norm(x, (dim,), e[p + "mlp_ln.weight"], e[p + "mlp_ln.bias"])
+        h = F.linear(F.gelu(F.linear(h, e[p + "mlp.0.weight"], e[p + "mlp.0.bias"])), e[p + "mlp.2.weight"],
+                     e[p + "mlp.2.bias"])
+        x = x + h
+    return F.layer_norm(x, (dim,), e["ln_post.weight"], e["ln_post.bias"])
+
+
+@pytest.fixture(scope="module")
+def whisper_pretrain(tmp_path_factory) -> Path:
+    from tests.support.encoder_files import write_whisper
+
+    folder = tmp_path_factory.mktemp("whisper")
+    write_whisper(folder / "medium.pt", n_ctx=W_CTX, dim=W_DIM, heads=W_HEADS, layers=2, seed=0)
+    write_whisper(folder / "large-v2.pt", n_ctx=W_CTX, dim=40, heads=W_HEADS, layers=1, seed=1, half=True)
+    return folder
+
+
+def test_whisper_short_clip_equals_single_padded_window(whisper_pretrain):
+    from tests.support.encoder_files import whisper_state
+
+    encoder = get_speech_encoder("whisper-ppg", pretrain_dir=whisper_pretrain)
+    sd = whisper_state(80, W_CTX, W_DIM, 2, 0)
+    for n in (16000, 32000, 32319):  # shorter than, equal to, and a partial unit past the 2-s context
+        wav = _wav(n, seed=n)
+        units = encoder.encode(wav)
+        assert units.shape == (1, W_DIM, n // 320) == (1, encoder.dim, encoder.n_frames(n))
+        expected = reference_whisper_window(sd, wav.numpy(), W_CTX, W_HEADS)[: n // 320]
+        torch.testing.assert_close(units[0].T, expected, atol=2e-4, rtol=1e-4)
+    large = get_speech_encoder("whisper-ppg-large", pretrain_dir=whisper_pretrain)
+    assert large.encode(_wav(9000)).shape == (1, 40, 9000 // 320)
+
+
+def test_whisper_long_clip_joins_overlapping_windows(whisper_pretrain):
+    from tests.support.encoder_files import whisper_state
+    from vencoder.whisper_ppg import window_starts, window_unit_spans
+
+    encoder = get_speech_encoder("whisper-ppg", pretrain_dir=whisper_pretrain)
+    sd = whisper_state(80, W_CTX, W_DIM, 2, 0)
+    n = 80000 + 123  # 5 s: three 2-s windows with hop 83 units
+    wav = _wav(n, seed=5)
+    units = encoder.encode(wav)[0].T
+    assert units.shape == (n // 320, W_DIM)
+    starts = window_starts(n, W_CTX * 320, 83 * 320)
+    spans = window_unit_spans(n, starts, W_CTX)
+    assert starts == [0, 26560, 48000] and spans[0][0] == 0 and spans[-1][1] == n // 320
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    for start, (begin, end) in zip(starts, spans):
+        alone = reference_whisper_window(sd, wav[start: start + W_CTX * 320].numpy(), W_CTX, W_HEADS)
+        torch.testing.assert_close(units[begin:end], alone[begin - start // 320: end - start // 320],
+                                   atol=2e-4, rtol=1e-4)
+    # Deterministic, and clips batched together give the clip-by-clip result.
+    batch = encoder.encode_batch([_wav(7000, 1), wav, _wav(40000, 2)])
+    torch.testing.assert_close(batch[1][0].T, units)
+    torch.testing.assert_close(batch[2], encoder.encode(_wav(40000, 2)))
+
+
+def test_whisper_bad_files(tmp_path):
+    from vencoder import CheckpointFormatError
+
+    with pytest.raises(PretrainedFileMissing, match=r"medium\.pt.*whisper"):
+        get_speech_encoder("whisper-ppg", pretrain_dir=tmp_path)
+    torch.save({"dims": {"n_mels": 80}, "model_state_dict": {}}, tmp_path / "large-v2.pt")
+    with pytest.raises(CheckpointFormatError, match=r"large-v2\.pt: 'dims' lacks"):
+        get_speech_encoder("whisper-ppg-large", pretrain_dir=tmp_path)

@@ -69,3 +69,67 @@ def write_fairseq_hubert_large(path: str | Path, *, layers: int = 3, dim: int = 
                     "criterion": None, "optimizer_history": [], "task_state": {"dictionaries": [_FakeDictionary()]},
                     "extra_state": {"epoch": 1}}, path)
     return path
+
+
+def whisper_state(n_mels: int = 80, n_ctx: int = 100, dim: int = 32, layers: int = 2, seed: int = 0,
+                  text_layers: int = 1, n_vocab: int = 16, n_text_ctx: int = 8) -> dict[str, torch.Tensor]:
+    """An OpenAI whisper `model_state_dict` (audio encoder plus a small text decoder) with random weights."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    def ln(prefix: str, sd: dict) -> None:
+        sd[prefix + ".weight"] = 1 + rnd(dim, scale=0.1)
+        sd[prefix + ".bias"] = rnd(dim, scale=0.1)
+
+    def attn(prefix: str, sd: dict) -> None:
+        for name in ("query", "key", "value", "out"):
+            sd[f"{prefix}.{name}.weight"] = rnd(dim, dim, scale=dim ** -0.5)
+            if name != "key":
+                sd[f"{prefix}.{name}.bias"] = rnd(dim, scale=0.1)
+
+    sd: dict[str, torch.Tensor] = {
+        "encoder.conv1.weight": rnd(dim, n_mels, 3, scale=(3 * n_mels) ** -0.5), "encoder.conv1.bias": rnd(dim),
+        "encoder.conv2.weight": rnd(dim, dim, 3, scale=(3 * dim) ** -0.5), "encoder.conv2.bias": rnd(dim),
+    }
+    # Whisper stores its sinusoidal positions as a buffer: sin over the first half, cos over the second.
+    inc = torch.log(torch.tensor(10000.0)) / (dim // 2 - 1)
+    scaled = torch.arange(n_ctx)[:, None] * torch.exp(-inc * torch.arange(dim // 2))[None, :]
+    sd["encoder.positional_embedding"] = torch.cat([scaled.sin(), scaled.cos()], dim=1)
+    for n in range(layers):
+        p = f"encoder.blocks.{n}"
+        attn(p + ".attn", sd)
+        ln(p + ".attn_ln", sd)
+        sd[p + ".mlp.0.weight"], sd[p + ".mlp.0.bias"] = rnd(4 * dim, dim, scale=dim ** -0.5), rnd(4 * dim)
+        sd[p + ".mlp.2.weight"], sd[p + ".mlp.2.bias"] = rnd(dim, 4 * dim, scale=(4 * dim) ** -0.5), rnd(dim)
+        ln(p + ".mlp_ln", sd)
+    ln("encoder.ln_post", sd)
+    sd["decoder.token_embedding.weight"] = rnd(n_vocab, dim)
+    sd["decoder.positional_embedding"] = rnd(n_text_ctx, dim)
+    for n in range(text_layers):
+        p = f"decoder.blocks.{n}"
+        attn(p + ".attn", sd)
+        ln(p + ".attn_ln", sd)
+        attn(p + ".cross_attn", sd)
+        ln(p + ".cross_attn_ln", sd)
+        sd[p + ".mlp.0.weight"], sd[p + ".mlp.0.bias"] = rnd(4 * dim, dim), rnd(4 * dim)
+        sd[p + ".mlp.2.weight"], sd[p + ".mlp.2.bias"] = rnd(dim, 4 * dim), rnd(dim)
+        ln(p + ".mlp_ln", sd)
+    ln("decoder.ln", sd)
+    return sd
+
+
+def write_whisper(path: str | Path, *, n_mels: int = 80, n_ctx: int = 100, dim: int = 32, heads: int = 4,
+                  layers: int = 2, seed: int = 0, half: bool = False) -> Path:
+    """An OpenAI whisper checkpoint: {"dims": ModelDimensions fields, "model_state_dict": ...}."""
+    sd = whisper_state(n_mels, n_ctx, dim, layers, seed)
+    if half:
+        sd = {k: v.half() for k, v in sd.items()}
+    dims = {"n_mels": n_mels, "n_audio_ctx": n_ctx, "n_audio_state": dim, "n_audio_head": heads,
+            "n_audio_layer": layers, "n_vocab": 16, "n_text_ctx": 8, "n_text_state": dim, "n_text_head": heads,
+            "n_text_layer": 1}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims, "model_state_dict": sd}, path)
+    return path
