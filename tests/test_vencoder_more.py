@@ -35,7 +35,7 @@ def _wav(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_new_encoders_are_in_the_table():
-    assert set(ONNX_FILES) | {"cnhubertlarge", "whisper-ppg", "whisper-ppg-large"} <= set(encoder_names())
+    assert set(ONNX_FILES) | {"cnhubertlarge", "whisper-ppg", "whisper-ppg-large", "wavlmbase+"} <= set(encoder_names())
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,72 @@ def test_whisper_bad_files(tmp_path):
     torch.save({"dims": {"n_mels": 80}, "model_state_dict": {}}, tmp_path / "large-v2.pt")
     with pytest.raises(CheckpointFormatError, match=r"large-v2\.pt: 'dims' lacks"):
         get_speech_encoder("whisper-ppg-large", pretrain_dir=tmp_path)
+
+
+# ---- wavlmbase+ ----
+
+def test_wavlm_relative_position_buckets():
+    from vencoder.wavlm import relative_position_buckets
+
+    b = relative_position_buckets(1, 2000, 320, 800)[0]  # key k minus query 0 = distance k
+    assert [int(b[d]) for d in (0, 1, 79, 80, 100, 799, 800, 1999)] == [0, 161, 239, 240, 247, 319, 319, 319]
+    back = relative_position_buckets(2000, 1, 320, 800)[:, 0]  # negative distances
+    assert [int(back[d]) for d in (1, 79, 80, 100, 1999)] == [1, 79, 80, 87, 159]
+
+
+def reference_wavlm(sd: dict[str, torch.Tensor], cfg: dict, wav: torch.Tensor) -> torch.Tensor:
+    """Independent single-clip post-LN WavLM forward with the gated relative position bias. [T, D]"""
+    from vencoder.wavlm import relative_position_buckets
+
+    x = wav[None, None]
+    for i, stride in enumerate([5, 2, 2, 2, 2, 2, 2]):
+        x = F.conv1d(x, sd[f"feature_extractor.conv_layers.{i}.0.weight"], stride=stride)
+        if i == 0:
+            x = F.group_norm(x, x.size(1), sd["feature_extractor.conv_layers.0.2.weight"],
+                             sd["feature_extractor.conv_layers.0.2.bias"])
+        x = F.gelu(x)
+    x = F.layer_norm(x[0].T, (x.size(1),), sd["layer_norm.weight"], sd["layer_norm.bias"])
+    x = F.linear(x, sd["post_extract_proj.weight"], sd["post_extract_proj.bias"])
+    dim, heads = x.size(1), cfg["encoder_attention_heads"]
+    hd = dim // heads
+    v, g = sd["encoder.pos_conv.0.weight_v"], sd["encoder.pos_conv.0.weight_g"]
+    pos = F.conv1d(x.T[None], g * v / v.norm(dim=(0, 1), keepdim=True), sd["encoder.pos_conv.0.bias"],
+                   padding=v.size(-1) // 2, groups=dim // v.size(1))[0, :, :-1].T
+    x = F.layer_norm(x + F.gelu(pos), (dim,), sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"])
+    t = x.size(0)
+    buckets = relative_position_buckets(t, t, cfg["num_buckets"], cfg["max_distance"])
+    rel = sd["encoder.layers.0.self_attn.relative_attention_bias.weight"][buckets].permute(2, 0, 1)  # [H, T, T]
+    for n in range(cfg["encoder_layers"]):
+        p = f"encoder.layers.{n}."
+        lin = {c: F.linear(x, sd[p + f"self_attn.{c}_proj.weight"], sd[p + f"self_attn.{c}_proj.bias"])
+               .view(t, heads, hd).transpose(0, 1) for c in "qkv"}
+        gate = F.linear(x.view(t, heads, hd).transpose(0, 1), sd[p + "self_attn.grep_linear.weight"],
+                        sd[p + "self_attn.grep_linear.bias"]).view(heads, t, 2, 4).sum(-1).sigmoid()
+        scale = gate[..., 0:1] * (gate[..., 1:2] * sd[p + "self_attn.grep_a"][0] - 1) + 2  # [H, T, 1]
+        scores = lin["q"] @ lin["k"].transpose(1, 2) / hd ** 0.5 + scale * rel
+        a = (scores.softmax(-1) @ lin["v"]).transpose(0, 1).reshape(t, dim)
+        x = x + F.linear(a, sd[p + "self_attn.out_proj.weight"], sd[p + "self_attn.out_proj.bias"])
+        x = F.layer_norm(x, (dim,), sd[p + "self_attn_layer_norm.weight"], sd[p + "self_attn_layer_norm.bias"])
+        h = F.linear(F.gelu(F.linear(x, sd[p + "fc1.weight"], sd[p + "fc1.bias"])), sd[p + "fc2.weight"],
+                     sd[p + "fc2.bias"])
+        x = F.layer_norm(x + h, (dim,), sd[p + "final_layer_norm.weight"], sd[p + "final_layer_norm.bias"])
+    return x
+
+
+def test_wavlm_matches_reference_frames_and_batching(tmp_path):
+    from tests.support.encoder_files import wavlm_cfg, wavlm_state, write_wavlm
+
+    # max_distance 40 / 40 buckets: a 1-s clip (49 frames) reaches the log-spaced and capped buckets.
+    sizes = {"layers": 2, "dim": 32, "heads": 4, "num_buckets": 40, "max_distance": 40}
+    write_wavlm(tmp_path / "WavLM-Base+.pt", seed=3, **sizes)
+    encoder = get_speech_encoder("wavlmbase+", pretrain_dir=tmp_path)
+    wav = _wav(16000, seed=4)
+    units = encoder.encode(wav)
+    assert units.shape == (1, 32, 49) == (1, encoder.dim, encoder.n_frames(16000))
+    cfg = wavlm_cfg(**sizes)
+    expected = reference_wavlm(wavlm_state(cfg, seed=3), cfg, wav)
+    torch.testing.assert_close(units[0].T, expected, atol=2e-4, rtol=1e-4)
+    batch = encoder.encode_batch([_wav(6000, 1), wav, _wav(720, 2)])
+    assert [u.shape[-1] for u in batch] == [18, 49, 2]
+    torch.testing.assert_close(batch[1], units, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(batch[0], encoder.encode(_wav(6000, 1)), atol=2e-4, rtol=1e-4)

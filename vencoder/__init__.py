@@ -50,7 +50,7 @@ SPEECH_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
     EncoderSpec("whisper-ppg-large", 1280, "vencoder.whisper_ppg:WhisperPPGLarge"),
     EncoderSpec("cnhubertlarge", 1024, "vencoder.cnhubert:CNHubertLarge"),
     EncoderSpec("dphubert", 768, None),
-    EncoderSpec("wavlmbase+", 768, None),
+    EncoderSpec("wavlmbase+", 768, "vencoder.wavlm:WavLMBasePlus"),
     EncoderSpec("vec256l9-onnx", 256, "vencoder.onnx_encoders:ContentVec256L9Onnx"),
     EncoderSpec("vec256l12-onnx", 256, "vencoder.onnx_encoders:ContentVec256L12Onnx"),
     EncoderSpec("vec768l9-onnx", 768, "vencoder.onnx_encoders:ContentVec768L9Onnx"),

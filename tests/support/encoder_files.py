@@ -133,3 +133,51 @@ def write_whisper(path: str | Path, *, n_mels: int = 80, n_ctx: int = 100, dim: 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims, "model_state_dict": sd}, path)
     return path
+
+
+def wavlm_cfg(layers: int = 2, dim: int = 32, ffn: int = 64, heads: int = 4, conv_dim: int = 24, conv_pos: int = 16,
+              groups: int = 4, num_buckets: int = 320, max_distance: int = 800) -> dict:
+    """The WavLMConfig fields a WavLM checkpoint's `cfg` holds (Base+ values except the sizes)."""
+    return {
+        "extractor_mode": "default", "encoder_layers": layers, "encoder_embed_dim": dim,
+        "encoder_ffn_embed_dim": ffn, "encoder_attention_heads": heads, "activation_fn": "gelu",
+        "layer_norm_first": False, "conv_feature_layers": f"[({conv_dim},10,5)] + [({conv_dim},3,2)] * 4 + "
+        f"[({conv_dim},2,2)] * 2", "conv_bias": False, "feature_grad_mult": 0.1, "normalize": False,
+        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.05,
+        "dropout_input": 0.1, "dropout_features": 0.1, "mask_length": 10, "mask_prob": 0.8,
+        "mask_selection": "static", "mask_other": 0, "no_mask_overlap": False, "mask_min_space": 1,
+        "mask_channel_length": 10, "mask_channel_prob": 0.0, "conv_pos": conv_pos, "conv_pos_groups": groups,
+        "relative_position_embedding": True, "num_buckets": num_buckets, "max_distance": max_distance,
+        "gru_rel_pos": True,
+    }
+
+
+def wavlm_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A WavLM state dict: the HuBERT keys plus grep_linear / grep_a per layer and layer 0's
+    relative_attention_bias table."""
+    from tests.support.h2_checkpoints import fairseq_hubert_state
+
+    dim, heads, layers = cfg["encoder_embed_dim"], cfg["encoder_attention_heads"], cfg["encoder_layers"]
+    conv_dim = int(cfg["conv_feature_layers"].split(",")[0].strip("[("))
+    sd = fairseq_hubert_state(layers, dim, cfg["encoder_ffn_embed_dim"], conv_dim, cfg["conv_pos"],
+                              cfg["conv_pos_groups"], 8, seed=seed)
+    for key in ("final_proj.weight", "final_proj.bias", "label_embs_concat"):
+        del sd[key]
+    g = torch.Generator().manual_seed(seed + 7)
+    for n in range(layers):
+        p = f"encoder.layers.{n}.self_attn."
+        sd[p + "grep_linear.weight"] = torch.randn(8, dim // heads, generator=g) * 0.5
+        sd[p + "grep_linear.bias"] = torch.randn(8, generator=g) * 0.5
+        sd[p + "grep_a"] = 1 + 0.5 * torch.randn(1, heads, 1, 1, generator=g)
+    sd["encoder.layers.0.self_attn.relative_attention_bias.weight"] = torch.randn(cfg["num_buckets"], heads,
+                                                                                  generator=g)
+    return sd
+
+
+def write_wavlm(path: str | Path, seed: int = 0, **sizes) -> Path:
+    """Microsoft's WavLM checkpoint layout: {"cfg": WavLMConfig fields, "model": state dict}."""
+    cfg = wavlm_cfg(**sizes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"cfg": cfg, "model": wavlm_state(cfg, seed)}, path)
+    return path
