@@ -34,8 +34,18 @@ def _wav(n: int, seed: int = 0) -> torch.Tensor:
     return (0.3 * torch.sin(2 * torch.pi * 220 * t) + 0.05 * noise).float()
 
 
-def test_new_encoders_are_in_the_table():
-    assert set(ONNX_FILES) | {"cnhubertlarge", "whisper-ppg", "whisper-ppg-large", "wavlmbase+"} <= set(encoder_names())
+def test_all_thirteen_encoders_are_built_with_the_published_widths():
+    assert set(encoder_names()) == set(SPEECH_ENCODERS) and len(SPEECH_ENCODERS) == 13
+    widths = {name: spec.dim for name, spec in SPEECH_ENCODERS.items()}
+    assert widths == {"vec768l12": 768, "vec256l9": 256, "hubertsoft": 256, "whisper-ppg": 1024,
+                      "whisper-ppg-large": 1280, "cnhubertlarge": 1024, "dphubert": 768, "wavlmbase+": 768,
+                      "vec256l9-onnx": 256, "vec256l12-onnx": 256, "vec768l9-onnx": 768, "vec768l12-onnx": 768,
+                      "hubertsoft-onnx": 256}
+    from vencoder import encoder_class
+
+    for name in SPEECH_ENCODERS:
+        cls = encoder_class(name)
+        assert (cls.name, cls.dim) == (name, SPEECH_ENCODERS[name].dim) and cls.weight_file
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +280,73 @@ def test_wavlm_matches_reference_frames_and_batching(tmp_path):
     assert [u.shape[-1] for u in batch] == [18, 49, 2]
     torch.testing.assert_close(batch[1], units, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(batch[0], encoder.encode(_wav(6000, 1)), atol=2e-4, rtol=1e-4)
+
+
+# ---- dphubert ----
+
+def reference_dphubert(sd: dict[str, torch.Tensor], cfg: dict, wav: torch.Tensor) -> torch.Tensor:
+    """Independent single-clip forward of the pruned post-LN model in torchaudio's naming. [T, D]"""
+    x = wav[None, None]
+    for i, (_out, _k, stride) in enumerate(cfg["extractor_conv_layer_config"]):
+        x = F.conv1d(x, sd[f"feature_extractor.conv_layers.{i}.conv.weight"], stride=stride)
+        if i == 0:
+            x = F.group_norm(x, x.size(1), sd["feature_extractor.conv_layers.0.layer_norm.weight"],
+                             sd["feature_extractor.conv_layers.0.layer_norm.bias"])
+        x = F.gelu(x)
+    p = "encoder.feature_projection."
+    x = F.layer_norm(x[0].T, (x.size(1),), sd[p + "layer_norm.weight"], sd[p + "layer_norm.bias"])
+    x = F.linear(x, sd[p + "projection.weight"], sd[p + "projection.bias"])
+    dim, hd, t = x.size(1), cfg["encoder_head_dim"], x.size(0)
+    p = "encoder.transformer."
+    v, g = sd[p + "pos_conv_embed.conv.weight_v"], sd[p + "pos_conv_embed.conv.weight_g"]
+    pos = F.conv1d(x.T[None], g * v / v.norm(dim=(0, 1), keepdim=True), sd[p + "pos_conv_embed.conv.bias"],
+                   padding=v.size(-1) // 2, groups=dim // v.size(1))[0, :, :-1].T
+    x = F.layer_norm(x + F.gelu(pos), (dim,), sd[p + "layer_norm.weight"], sd[p + "layer_norm.bias"])
+    for n, heads in enumerate(cfg["encoder_num_heads"]):
+        q = f"{p}layers.{n}."
+        if cfg["encoder_use_attention"][n]:
+            proj = {c: F.linear(x, sd[q + f"attention.{c}_proj.weight"], sd[q + f"attention.{c}_proj.bias"])
+                    .view(t, heads, hd).transpose(0, 1) for c in "qkv"}
+            a = torch.softmax(proj["q"] @ proj["k"].transpose(1, 2) / hd ** 0.5, -1) @ proj["v"]
+            x = x + F.linear(a.transpose(0, 1).reshape(t, heads * hd), sd[q + "attention.out_proj.weight"],
+                             sd[q + "attention.out_proj.bias"])
+        x = F.layer_norm(x, (dim,), sd[q + "layer_norm.weight"], sd[q + "layer_norm.bias"])
+        if cfg["encoder_use_feed_forward"][n]:
+            h = F.gelu(F.linear(x, sd[q + "feed_forward.intermediate_dense.weight"],
+                                sd[q + "feed_forward.intermediate_dense.bias"]))
+            x = x + F.linear(h, sd[q + "feed_forward.output_dense.weight"], sd[q + "feed_forward.output_dense.bias"])
+        x = F.layer_norm(x, (dim,), sd[q + "final_layer_norm.weight"], sd[q + "final_layer_norm.bias"])
+    return x
+
+
+def test_dphubert_pruned_layers_match_reference(tmp_path):
+    from tests.support.encoder_files import dphubert_config, dphubert_state, write_dphubert
+
+    write_dphubert(tmp_path / "DPHuBERT-sp0.75.pth", seed=5)
+    encoder = get_speech_encoder("dphubert", pretrain_dir=tmp_path)
+    layers = encoder.model.encoder.transformer.layers
+    assert [layer.attention is None for layer in layers] == [False, True, False, False]
+    assert [layer.feed_forward is None for layer in layers] == [False, False, True, False]
+    wav = _wav(16000, seed=6)
+    units = encoder.encode(wav)
+    assert units.shape == (1, 32, 49) == (1, encoder.dim, encoder.n_frames(16000))
+    expected = reference_dphubert(dphubert_state(dphubert_config(), seed=5), dphubert_config(), wav)
+    torch.testing.assert_close(units[0].T, expected, atol=2e-4, rtol=1e-4)
+    batch = encoder.encode_batch([_wav(6000, 1), wav])
+    torch.testing.assert_close(batch[1], units, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(batch[0], encoder.encode(_wav(6000, 1)), atol=2e-4, rtol=1e-4)
+
+
+def test_dphubert_bad_config_and_missing_weight(tmp_path):
+    from tests.support.encoder_files import dphubert_config, dphubert_state
+    from vencoder import CheckpointFormatError
+
+    cfg = dphubert_config()
+    state = dphubert_state(cfg)
+    del state["encoder.transformer.layers.2.attention.q_proj.weight"]
+    torch.save({"config": cfg, "state_dict": state}, tmp_path / "DPHuBERT-sp0.75.pth")
+    with pytest.raises(CheckpointFormatError, match=r"DPHuBERT-sp0\.75\.pth: the state dict lacks 1 .*layers\.2\.attention\.q_proj"):
+        get_speech_encoder("dphubert", pretrain_dir=tmp_path)
+    torch.save({"config": {**cfg, "encoder_num_heads": [1]}, "state_dict": state}, tmp_path / "DPHuBERT-sp0.75.pth")
+    with pytest.raises(CheckpointFormatError, match="encoder_num_heads has 1 entries for 4 layers"):
+        get_speech_encoder("dphubert", pretrain_dir=tmp_path)

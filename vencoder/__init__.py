@@ -49,7 +49,7 @@ SPEECH_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
     EncoderSpec("whisper-ppg", 1024, "vencoder.whisper_ppg:WhisperPPG"),
     EncoderSpec("whisper-ppg-large", 1280, "vencoder.whisper_ppg:WhisperPPGLarge"),
     EncoderSpec("cnhubertlarge", 1024, "vencoder.cnhubert:CNHubertLarge"),
-    EncoderSpec("dphubert", 768, None),
+    EncoderSpec("dphubert", 768, "vencoder.dphubert:DPHubert"),
     EncoderSpec("wavlmbase+", 768, "vencoder.wavlm:WavLMBasePlus"),
     EncoderSpec("vec256l9-onnx", 256, "vencoder.onnx_encoders:ContentVec256L9Onnx"),
     EncoderSpec("vec256l12-onnx", 256, "vencoder.onnx_encoders:ContentVec256L12Onnx"),

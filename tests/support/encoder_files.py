@@ -181,3 +181,81 @@ def write_wavlm(path: str | Path, seed: int = 0, **sizes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"cfg": cfg, "model": wavlm_state(cfg, seed)}, path)
     return path
+
+
+# A pruned model: per-layer conv widths, heads (0 = attention removed), FFN widths (0 = FFN removed).
+DPHUBERT_CONV = [(20, 10, 5), (18, 3, 2), (16, 3, 2), (22, 3, 2), (15, 3, 2), (17, 2, 2), (19, 2, 2)]
+DPHUBERT_HEADS = [2, 0, 3, 1]
+DPHUBERT_FFN = [40, 50, 0, 10]
+
+
+def dphubert_config(dim: int = 32, head_dim: int = 8, pos_kernel: int = 16, pos_groups: int = 4) -> dict:
+    """The keyword arguments of DPHuBERT's wav2vec2_model() as its pruned checkpoint stores them."""
+    return {
+        "extractor_mode": "group_norm", "extractor_conv_layer_config": [list(c) for c in DPHUBERT_CONV],
+        "extractor_conv_bias": False, "encoder_embed_dim": dim, "encoder_projection_dropout": 0.1,
+        "encoder_pos_conv_kernel": pos_kernel, "encoder_pos_conv_groups": pos_groups,
+        "encoder_num_layers": len(DPHUBERT_HEADS), "encoder_use_attention": [h > 0 for h in DPHUBERT_HEADS],
+        "encoder_use_feed_forward": [f > 0 for f in DPHUBERT_FFN], "encoder_num_heads": DPHUBERT_HEADS,
+        "encoder_head_dim": head_dim, "encoder_attention_dropout": 0.1, "encoder_ff_interm_features": DPHUBERT_FFN,
+        "encoder_ff_interm_dropout": 0.0, "encoder_dropout": 0.1, "encoder_layer_norm_first": False,
+        "encoder_layer_drop": 0.05, "aux_num_out": None, "normalize_waveform": False,
+        "extractor_prune_conv_channels": False, "encoder_prune_attention_heads": False,
+        "encoder_prune_attention_layer": False, "encoder_prune_feed_forward_intermediate": False,
+        "encoder_prune_feed_forward_layer": False,
+    }
+
+
+def dphubert_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchaudio wav2vec 2.0 key names (conv_layers.N.conv / .layer_norm, feature_projection,
+    transformer.pos_conv_embed.conv weight_g / weight_v, layers.N.attention / feed_forward)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, scale: float = 0.3) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    dim, hd = cfg["encoder_embed_dim"], cfg["encoder_head_dim"]
+    sd: dict[str, torch.Tensor] = {}
+    in_dim = 1
+    for i, (out, k, _s) in enumerate(cfg["extractor_conv_layer_config"]):
+        sd[f"feature_extractor.conv_layers.{i}.conv.weight"] = torch.randn(out, in_dim, k, generator=g) / (in_dim * k) ** 0.5
+        if i == 0:
+            sd["feature_extractor.conv_layers.0.layer_norm.weight"] = 1 + rnd(out)
+            sd["feature_extractor.conv_layers.0.layer_norm.bias"] = rnd(out)
+        in_dim = out
+    sd["encoder.feature_projection.layer_norm.weight"] = 1 + rnd(in_dim)
+    sd["encoder.feature_projection.layer_norm.bias"] = rnd(in_dim)
+    sd["encoder.feature_projection.projection.weight"] = rnd(dim, in_dim)
+    sd["encoder.feature_projection.projection.bias"] = rnd(dim)
+    kernel, groups = cfg["encoder_pos_conv_kernel"], cfg["encoder_pos_conv_groups"]
+    sd["encoder.transformer.pos_conv_embed.conv.bias"] = rnd(dim)
+    sd["encoder.transformer.pos_conv_embed.conv.weight_g"] = rnd(1, 1, kernel).abs() + 0.5
+    sd["encoder.transformer.pos_conv_embed.conv.weight_v"] = rnd(dim, dim // groups, kernel)
+    sd["encoder.transformer.layer_norm.weight"] = 1 + rnd(dim)
+    sd["encoder.transformer.layer_norm.bias"] = rnd(dim)
+    for n, (heads, ffn) in enumerate(zip(cfg["encoder_num_heads"], cfg["encoder_ff_interm_features"])):
+        p = f"encoder.transformer.layers.{n}."
+        if cfg["encoder_use_attention"][n]:
+            for proj in ("k_proj", "v_proj", "q_proj"):
+                sd[p + f"attention.{proj}.weight"] = rnd(heads * hd, dim)
+                sd[p + f"attention.{proj}.bias"] = rnd(heads * hd)
+            sd[p + "attention.out_proj.weight"] = rnd(dim, heads * hd)
+            sd[p + "attention.out_proj.bias"] = rnd(dim)
+        if cfg["encoder_use_feed_forward"][n]:
+            sd[p + "feed_forward.intermediate_dense.weight"] = rnd(ffn, dim)
+            sd[p + "feed_forward.intermediate_dense.bias"] = rnd(ffn)
+            sd[p + "feed_forward.output_dense.weight"] = rnd(dim, ffn)
+            sd[p + "feed_forward.output_dense.bias"] = rnd(dim)
+        for norm in ("layer_norm", "final_layer_norm"):
+            sd[p + f"{norm}.weight"] = 1 + rnd(dim)
+            sd[p + f"{norm}.bias"] = rnd(dim)
+    return sd
+
+
+def write_dphubert(path: str | Path, seed: int = 0, **sizes) -> Path:
+    """DPHuBERT's pruned checkpoint layout: {"config": wav2vec2_model kwargs, "state_dict": ...}."""
+    cfg = dphubert_config(**sizes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "state_dict": dphubert_state(cfg, seed)}, path)
+    return path
