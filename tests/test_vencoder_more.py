@@ -350,3 +350,77 @@ def test_dphubert_bad_config_and_missing_weight(tmp_path):
     torch.save({"config": {**cfg, "encoder_num_heads": [1]}, "state_dict": state}, tmp_path / "DPHuBERT-sp0.75.pth")
     with pytest.raises(CheckpointFormatError, match="encoder_num_heads has 1 entries for 4 layers"):
         get_speech_encoder("dphubert", pretrain_dir=tmp_path)
+
+
+# ---- the command lines: every new encoder name from config to unit files ----
+
+def _write_weights(name: str, folder: Path) -> int:
+    """Write `name`'s weight file into `folder`; returns the unit width it gives."""
+    from tests.support import encoder_files as ef
+
+    if name in ONNX_FILES:
+        ef.write_onnx_encoder(folder / ONNX_FILES[name][0], 12)
+    elif name.startswith("whisper-ppg"):
+        ef.write_whisper(folder / ("medium.pt" if name == "whisper-ppg" else "large-v2.pt"), dim=12, heads=2, layers=1)
+    elif name == "cnhubertlarge":
+        ef.write_fairseq_hubert_large(folder / "chinese-hubert-large-fairseq-ckpt.pt", layers=1, dim=12, heads=2)
+    elif name == "wavlmbase+":
+        ef.write_wavlm(folder / "WavLM-Base+.pt", layers=1, dim=12, heads=2)
+    else:
+        ef.write_dphubert(folder / "DPHuBERT-sp0.75.pth", dim=12)
+    return 12
+
+
+NEW_ENCODERS = ["whisper-ppg", "whisper-ppg-large", "cnhubertlarge", "dphubert", "wavlmbase+", *ONNX_FILES]
+
+
+@pytest.mark.parametrize("name", NEW_ENCODERS)
+def test_preprocess_hubert_f0_writes_units_for_every_new_encoder(tmp_path, monkeypatch, name, capsys):
+    import json
+
+    import vencoder.base
+    from modules.audio import load_audio, resample
+    from modules.feature_files import ClipFiles
+    from tests.test_preprocess_hubert_f0 import _cli, _make_project
+
+    monkeypatch.setattr(vencoder.base, "DEFAULT_PRETRAIN_DIR", tmp_path / "pretrain")
+    project = _make_project(tmp_path, {"alto": 1})
+    width = _write_weights(name, project["pretrain"])
+    cfg = json.loads(project["config"].read_text())
+    cfg["model"]["speech_encoder"] = name
+    cfg["model"]["ssl_dim"] = SPEECH_ENCODERS[name].dim
+    project["config"].write_text(json.dumps(cfg))
+    assert _cli(project) == 0, capsys.readouterr().err
+    (wav,) = sorted(project["data"].glob("*/*.wav"))
+    n16 = len(resample(load_audio(wav, 44100)[0], 44100, 16000))
+    frames = n16 // 320 if name.startswith("whisper") else (n16 - 400) // 320 + 1
+    assert torch.load(ClipFiles(wav).units, weights_only=True).shape == (1, width, frames)
+
+
+def test_preprocess_reports_the_missing_weight_file(tmp_path, monkeypatch, capsys):
+    import json
+
+    import vencoder.base
+    from tests.test_preprocess_hubert_f0 import _cli, _make_project
+
+    monkeypatch.setattr(vencoder.base, "DEFAULT_PRETRAIN_DIR", tmp_path / "pretrain")
+    project = _make_project(tmp_path, {"alto": 1})
+    cfg = json.loads(project["config"].read_text())
+    cfg["model"]["speech_encoder"], cfg["model"]["ssl_dim"] = "wavlmbase+", 768
+    project["config"].write_text(json.dumps(cfg))
+    assert _cli(project) == 2
+    assert str(project["pretrain"] / "WavLM-Base+.pt") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,file", [("whisper-ppg", "medium.pt"), ("wavlmbase+", "WavLM-Base+.pt"),
+                                       ("dphubert", "DPHuBERT-sp0.75.pth"),
+                                       ("cnhubertlarge", "chinese-hubert-large-fairseq-ckpt.pt")])
+def test_weight_files_that_would_run_code_are_refused(tmp_path, name, file):
+    from tests.support.h2_checkpoints import write_malicious_checkpoint
+    from vencoder.fairseq_checkpoint import UnsafeCheckpointError
+
+    marker = tmp_path / "ran"
+    write_malicious_checkpoint(tmp_path / file, marker)
+    with pytest.raises(UnsafeCheckpointError, match=f"{file}: refusing to load"):
+        get_speech_encoder(name, pretrain_dir=tmp_path)
+    assert not marker.exists()
