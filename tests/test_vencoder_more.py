@@ -425,3 +425,17 @@ def test_weight_files_that_would_run_code_are_refused(tmp_path, name, file):
     with pytest.raises(UnsafeCheckpointError, match=re.escape(file) + ": refusing to load"):
         get_speech_encoder(name, pretrain_dir=tmp_path)
     assert not marker.exists()
+
+
+def test_onnx_provider_choice(monkeypatch):
+    import onnxruntime
+
+    from vencoder.onnx_encoders import onnx_providers
+
+    assert onnx_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_providers(torch.device("cuda:1")) == ["CPUExecutionProvider"]  # no CUDA build: CPU, with a warning
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers(torch.device("cuda:1")) == [("CUDAExecutionProvider", {"device_id": 1}),
+                                                       "CPUExecutionProvider"]

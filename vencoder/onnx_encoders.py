@@ -26,12 +26,13 @@ MOESS_SOURCE = ("the MoeSS sub-model releases (huggingface.co/NaruseMioShirakana
                 "file {file}")
 
 
-def onnx_providers(device: torch.device) -> list[str]:
-    """CUDA first when the device asks for CUDA and this onnxruntime build has it, CPU otherwise."""
+def onnx_providers(device: torch.device) -> list:
+    """CUDA (on the device's GPU index) first when the device asks for CUDA and this onnxruntime build has
+    it, CPU otherwise."""
     import onnxruntime as ort
 
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     if device.type == "cuda":
         logger.warning("onnxruntime has no CUDA provider here; the ONNX speech encoder runs on the CPU")
     return ["CPUExecutionProvider"]

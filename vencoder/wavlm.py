@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -276,8 +276,9 @@ class WavLMBasePlus(SpeechEncoder):
         return run_padded_batches(wavs, self.max_batch_samples, self.model.extract, self.device)
 
 
-def run_padded_batches(wavs: Sequence[torch.Tensor], max_batch_samples: int, extract, device: torch.device
-                       ) -> list[torch.Tensor]:
+def run_padded_batches(wavs: Sequence[torch.Tensor], max_batch_samples: int,
+                       extract: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                       device: torch.device) -> list[torch.Tensor]:
     """Zero-pad clips of similar length into batches, run `extract(wav [B, N], lengths [B]) ->
     (features [B, T, C], frames [B])`, and return one `[1, C, frames]` CPU tensor per clip, in order."""
     clips = [as_mono_tensor(w) for w in wavs]
