@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modules.errors import CheckpointError, PretrainedFileMissing
 from tests.support.encoder_files import tiny_onnx_module, write_onnx_encoder
-from vencoder import PretrainedFileMissing, SPEECH_ENCODERS, clear_cache, encoder_names, get_speech_encoder
+from vencoder import SPEECH_ENCODERS, clear_cache, encoder_names, get_speech_encoder
 
 ONNX_FILES = {
     "vec256l9-onnx": ("vec-256-layer-9.onnx", 256),
@@ -85,9 +86,7 @@ def test_onnx_missing_and_corrupt_files(tmp_path):
     with pytest.raises(PretrainedFileMissing, match=r"vec-256-layer-9\.onnx.*MoeSS-SUBModel"):
         get_speech_encoder("vec256l9-onnx", pretrain_dir=tmp_path)
     (tmp_path / "hubert-soft.onnx").write_bytes(b"not a graph")
-    from vencoder import CheckpointFormatError
-
-    with pytest.raises(CheckpointFormatError, match=r"hubert-soft\.onnx: not a loadable ONNX model"):
+    with pytest.raises(CheckpointError, match=r"hubert-soft\.onnx: not a loadable ONNX model"):
         get_speech_encoder("hubertsoft-onnx", pretrain_dir=tmp_path)
 
 
@@ -205,12 +204,11 @@ def test_whisper_long_clip_joins_overlapping_windows(whisper_pretrain):
 
 
 def test_whisper_bad_files(tmp_path):
-    from vencoder import CheckpointFormatError
 
     with pytest.raises(PretrainedFileMissing, match=r"medium\.pt.*whisper"):
         get_speech_encoder("whisper-ppg", pretrain_dir=tmp_path)
     torch.save({"dims": {"n_mels": 80}, "model_state_dict": {}}, tmp_path / "large-v2.pt")
-    with pytest.raises(CheckpointFormatError, match=r"large-v2\.pt: 'dims' lacks"):
+    with pytest.raises(CheckpointError, match=r"large-v2\.pt: 'dims' lacks"):
         get_speech_encoder("whisper-ppg-large", pretrain_dir=tmp_path)
 
 
@@ -340,16 +338,15 @@ def test_dphubert_pruned_layers_match_reference(tmp_path):
 
 def test_dphubert_bad_config_and_missing_weight(tmp_path):
     from tests.support.encoder_files import dphubert_config, dphubert_state
-    from vencoder import CheckpointFormatError
 
     cfg = dphubert_config()
     state = dphubert_state(cfg)
     del state["encoder.transformer.layers.2.attention.q_proj.weight"]
     torch.save({"config": cfg, "state_dict": state}, tmp_path / "DPHuBERT-sp0.75.pth")
-    with pytest.raises(CheckpointFormatError, match=r"DPHuBERT-sp0\.75\.pth: the state dict lacks 1 .*layers\.2\.attention\.q_proj"):
+    with pytest.raises(CheckpointError, match=r"DPHuBERT-sp0\.75\.pth: the state dict lacks 1 .*layers\.2\.attention\.q_proj"):
         get_speech_encoder("dphubert", pretrain_dir=tmp_path)
     torch.save({"config": {**cfg, "encoder_num_heads": [1]}, "state_dict": state}, tmp_path / "DPHuBERT-sp0.75.pth")
-    with pytest.raises(CheckpointFormatError, match="encoder_num_heads has 1 entries for 4 layers"):
+    with pytest.raises(CheckpointError, match="encoder_num_heads has 1 entries for 4 layers"):
         get_speech_encoder("dphubert", pretrain_dir=tmp_path)
 
 
@@ -381,7 +378,7 @@ def test_preprocess_hubert_f0_writes_units_for_every_new_encoder(tmp_path, monke
 
     import vencoder.base
     from modules.audio import load_audio, resample
-    from modules.feature_files import ClipFiles
+    from modules.dataset_files import ClipFiles
     from tests.test_preprocess_hubert_f0 import _cli, _make_project
 
     monkeypatch.setattr(vencoder.base, "DEFAULT_PRETRAIN_DIR", tmp_path / "pretrain")

@@ -38,6 +38,22 @@ def as_mono_tensor(wav: torch.Tensor | Sequence[float]) -> torch.Tensor:
     return wav
 
 
+class _TableWidth:
+    """`dim` of an encoder: the width the speech-encoder table gives its name, until the loaded weights
+    set the real one (a file of another width is used as it is, with a warning)."""
+
+    def __get__(self, obj: "SpeechEncoder | None", cls: type) -> int:
+        if obj is not None and "dim" in obj.__dict__:
+            return obj.__dict__["dim"]
+        from vencoder import SPEECH_ENCODERS  # the package imports this module first
+
+        spec = SPEECH_ENCODERS.get(cls.name)
+        return spec.dim if spec is not None else 0
+
+    def __set__(self, obj: "SpeechEncoder", width: int) -> None:
+        obj.__dict__["dim"] = int(width)
+
+
 class SpeechEncoder(ABC):
     """16 kHz mono float audio in, `[1, dim, T_u]` float32 units out (on the CPU).
 
@@ -46,7 +62,7 @@ class SpeechEncoder(ABC):
     """
 
     name: ClassVar[str] = ""
-    dim: ClassVar[int] = 0
+    dim = _TableWidth()
     sample_rate: ClassVar[int] = ENCODER_SAMPLE_RATE
     hop_size: ClassVar[int] = 320
     # Where to get the weight file, shown when it is missing.
@@ -71,6 +87,13 @@ class SpeechEncoder(ABC):
         if not path.is_file():
             raise PretrainedFileMissing(f"speech encoder '{cls.name}'", path, cls.weight_source)
         return path
+
+    def adopt_width(self, width: int, source: str | Path) -> None:
+        """Take the loaded weights' unit width, warning when it is not the table's."""
+        usual = type(self).dim
+        if width != usual:
+            logger.warning("%s: %s gives %d-dim units, not the usual %d", source, self.name, width, usual)
+        self.dim = width
 
     @abstractmethod
     def n_frames(self, n_samples: int) -> int:

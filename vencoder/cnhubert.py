@@ -22,7 +22,6 @@ CNHUBERT_SOURCE = ("huggingface.co/TencentGameMate/chinese-hubert-large "
 
 class CNHubertLarge(HubertUnitsEncoder):
     name = "cnhubertlarge"
-    dim = 1024
     weight_file = "chinese-hubert-large-fairseq-ckpt.pt"
     weight_source = CNHUBERT_SOURCE
     output_layer = None

@@ -29,7 +29,6 @@ def load_fairseq_hubert(path: Path) -> HubertModel:
 
 class ContentVec768L12(HubertUnitsEncoder):
     name = "vec768l12"
-    dim = 768
     weight_file = "checkpoint_best_legacy_500.pt"
     weight_source = CONTENTVEC_SOURCE
     output_layer = 12
@@ -41,6 +40,5 @@ class ContentVec768L12(HubertUnitsEncoder):
 
 class ContentVec256L9(ContentVec768L12):
     name = "vec256l9"
-    dim = 256
     output_layer = 9
     use_final_proj = True

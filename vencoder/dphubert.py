@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vencoder.base import CheckpointFormatError, SpeechEncoder
+from modules.errors import CheckpointError
+from vencoder.base import SpeechEncoder
 from vencoder.fairseq_checkpoint import safe_torch_load
 from vencoder.hubert import ConvFeatureExtractor, PositionalConv, _length_mask, _normalize_waveforms
 from vencoder.wavlm import run_padded_batches
@@ -74,11 +75,11 @@ class DPHubertConfig:
                 normalize_waveform=bool(kw.get("normalize_waveform", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointFormatError(f"{source}: 'config' is not a DPHuBERT wav2vec2_model config ({e})") from None
+            raise CheckpointError(f"{source}: 'config' is not a DPHuBERT wav2vec2_model config ({e})") from None
         if cfg.extractor_mode not in ("group_norm", "layer_norm"):
-            raise CheckpointFormatError(f"{source}: extractor_mode {cfg.extractor_mode!r} is not supported")
+            raise CheckpointError(f"{source}: extractor_mode {cfg.extractor_mode!r} is not supported")
         if not cfg.conv_layers or any(len(layer) != 3 for layer in cfg.conv_layers):
-            raise CheckpointFormatError(f"{source}: extractor_conv_layer_config must list (dim, kernel, stride)")
+            raise CheckpointError(f"{source}: extractor_conv_layer_config must list (dim, kernel, stride)")
         return cfg
 
     @property
@@ -239,7 +240,7 @@ def load_dphubert(path: Path) -> DPHubertModel:
     raw = safe_torch_load(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or not isinstance(
             raw.get("state_dict"), dict):
-        raise CheckpointFormatError(f"{path}: expected a DPHuBERT file with 'config' and 'state_dict'")
+        raise CheckpointError(f"{path}: expected a DPHuBERT file with 'config' and 'state_dict'")
     cfg = DPHubertConfig.from_kwargs(raw["config"], str(path))
     model = DPHubertModel(cfg)
     state = to_own_keys({k: v for k, v in raw["state_dict"].items() if isinstance(v, torch.Tensor)},
@@ -247,12 +248,12 @@ def load_dphubert(path: Path) -> DPHubertModel:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise CheckpointFormatError(f"{path}: the state dict lacks {len(missing)} DPHuBERT weights "
+        raise CheckpointError(f"{path}: the state dict lacks {len(missing)} DPHuBERT weights "
                                     f"(in our naming), e.g. {', '.join(missing[:4])}")
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        raise CheckpointFormatError(f"{path}: weights do not fit the config: {'; '.join(wrong[:4])}")
+        raise CheckpointError(f"{path}: weights do not fit the config: {'; '.join(wrong[:4])}")
     extra = [k for k in state if k not in own]
     if extra:
         logger.warning("%s: ignoring %d unexpected keys, e.g. %s", path, len(extra), ", ".join(extra[:4]))
@@ -262,7 +263,6 @@ def load_dphubert(path: Path) -> DPHubertModel:
 
 class DPHubert(SpeechEncoder):
     name = "dphubert"
-    dim = 768
     weight_file = "DPHuBERT-sp0.75.pth"
     weight_source = DPHUBERT_SOURCE
 
@@ -272,9 +272,7 @@ class DPHubert(SpeechEncoder):
         path = self.check_weights(self.pretrain_dir)
         self.model = load_dphubert(path).to(self.device).eval()
         width = self.model.cfg.embed_dim
-        if width != self.dim:
-            logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, width, self.dim)
-        self.dim = width  # type: ignore[misc]
+        self.adopt_width(width, path)
 
     def n_frames(self, n_samples: int) -> int:
         return self.model.n_frames(n_samples)

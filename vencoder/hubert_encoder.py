@@ -31,9 +31,7 @@ class HubertUnitsEncoder(SpeechEncoder):
         path = self.check_weights(self.pretrain_dir)
         self.model: HubertModel = self._load_model(path).to(self.device).eval()
         out_dim = self.model.cfg.projected_dim if self.use_final_proj else self.model.cfg.encoder_embed_dim
-        if out_dim != self.dim:
-            logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, out_dim, self.dim)
-        self.dim = out_dim  # type: ignore[misc]
+        self.adopt_width(out_dim, path)
         if self.output_layer is not None and self.output_layer > self.model.cfg.encoder_layers:
             raise CheckpointError(
                 f"{path}: {self.name} takes layer {self.output_layer}, but the model has only "

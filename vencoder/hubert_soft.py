@@ -92,7 +92,6 @@ def soft_config(state: dict[str, torch.Tensor]) -> HubertConfig:
 
 class HubertSoft(HubertUnitsEncoder):
     name = "hubertsoft"
-    dim = 256
     weight_file = "hubert-soft-0d54a1f4.pt"
     weight_source = HUBERT_SOFT_SOURCE
     output_layer = None

@@ -18,7 +18,8 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from vencoder.base import CheckpointFormatError, SpeechEncoder, SpeechEncoderError, as_mono_tensor
+from modules.errors import CheckpointError
+from vencoder.base import SpeechEncoder, as_mono_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class OnnxSpeechEncoder(SpeechEncoder):
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise SpeechEncoderError(f"speech encoder '{self.name}' needs onnxruntime ({e}); "
+            raise CheckpointError(f"speech encoder '{self.name}' needs onnxruntime ({e}); "
                                      "install it with pip install onnxruntime") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -58,19 +59,18 @@ class OnnxSpeechEncoder(SpeechEncoder):
             self.session = ort.InferenceSession(str(path), sess_options=options,
                                                 providers=onnx_providers(self.device))
         except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / InvalidProtobuf types
-            raise CheckpointFormatError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
         graph_input = self.session.get_inputs()[0]
         graph_output = self.session.get_outputs()[0]
         self.input_name = graph_input.name
         self.output_name = graph_output.name
         self.input_rank = len(graph_input.shape) if graph_input.shape else 3
         if self.input_rank not in (2, 3):
-            raise CheckpointFormatError(f"{path}: input '{self.input_name}' has rank {self.input_rank}; "
+            raise CheckpointError(f"{path}: input '{self.input_name}' has rank {self.input_rank}; "
                                         "a speech encoder graph takes [1, 1, N] or [1, N] audio")
         width = graph_output.shape[-1] if graph_output.shape else None
-        if isinstance(width, int) and width != self.dim:
-            logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, width, self.dim)
-            self.dim = width  # type: ignore[misc]
+        if isinstance(width, int):  # a symbolic width is known only from the first output
+            self.adopt_width(width, path)
         self.path = path
 
     def n_frames(self, n_samples: int) -> int:
@@ -85,7 +85,7 @@ class OnnxSpeechEncoder(SpeechEncoder):
         if units.ndim == 2:
             units = units[None]
         if units.ndim != 3 or units.shape[0] != 1:
-            raise CheckpointFormatError(f"{self.path}: output '{self.output_name}' has shape {units.shape}; "
+            raise CheckpointError(f"{self.path}: output '{self.output_name}' has shape {units.shape}; "
                                         "expected [1, T, D]")
         return torch.from_numpy(np.ascontiguousarray(units.transpose(0, 2, 1))).float()
 
@@ -94,25 +94,25 @@ class OnnxSpeechEncoder(SpeechEncoder):
 
 
 class ContentVec256L9Onnx(OnnxSpeechEncoder):
-    name, dim, weight_file = "vec256l9-onnx", 256, "vec-256-layer-9.onnx"
+    name, weight_file = "vec256l9-onnx", "vec-256-layer-9.onnx"
     weight_source = MOESS_SOURCE.format(file=weight_file)
 
 
 class ContentVec256L12Onnx(OnnxSpeechEncoder):
-    name, dim, weight_file = "vec256l12-onnx", 256, "vec-256-layer-12.onnx"
+    name, weight_file = "vec256l12-onnx", "vec-256-layer-12.onnx"
     weight_source = MOESS_SOURCE.format(file=weight_file)
 
 
 class ContentVec768L9Onnx(OnnxSpeechEncoder):
-    name, dim, weight_file = "vec768l9-onnx", 768, "vec-768-layer-9.onnx"
+    name, weight_file = "vec768l9-onnx", "vec-768-layer-9.onnx"
     weight_source = MOESS_SOURCE.format(file=weight_file)
 
 
 class ContentVec768L12Onnx(OnnxSpeechEncoder):
-    name, dim, weight_file = "vec768l12-onnx", 768, "vec-768-layer-12.onnx"
+    name, weight_file = "vec768l12-onnx", "vec-768-layer-12.onnx"
     weight_source = MOESS_SOURCE.format(file=weight_file)
 
 
 class HubertSoftOnnx(OnnxSpeechEncoder):
-    name, dim, weight_file = "hubertsoft-onnx", 256, "hubert-soft.onnx"
+    name, weight_file = "hubertsoft-onnx", "hubert-soft.onnx"
     weight_source = MOESS_SOURCE.format(file=weight_file)

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vencoder.base import CheckpointFormatError, SpeechEncoder, as_mono_tensor, plan_batches
+from modules.errors import CheckpointError
+from vencoder.base import SpeechEncoder, as_mono_tensor, plan_batches
 from vencoder.fairseq_checkpoint import safe_torch_load, to_plain
 from vencoder.hubert import (
     _ACTIVATIONS,
@@ -74,13 +75,13 @@ class WavLMConfig:
             result = cls(**values)
             parse_conv_layers(result.conv_feature_layers)
         except (TypeError, ValueError) as e:
-            raise CheckpointFormatError(f"{source}: unsupported WavLM config ({e})") from None
+            raise CheckpointError(f"{source}: unsupported WavLM config ({e})") from None
         if result.extractor_mode not in ("default", "layer_norm"):
-            raise CheckpointFormatError(f"{source}: extractor_mode {result.extractor_mode!r} is not supported")
+            raise CheckpointError(f"{source}: extractor_mode {result.extractor_mode!r} is not supported")
         if result.activation_fn not in _ACTIVATIONS:
-            raise CheckpointFormatError(f"{source}: activation_fn {result.activation_fn!r} is not supported")
+            raise CheckpointError(f"{source}: activation_fn {result.activation_fn!r} is not supported")
         if result.encoder_embed_dim % result.encoder_attention_heads:
-            raise CheckpointFormatError(f"{source}: encoder_embed_dim is not divisible by the head count")
+            raise CheckpointError(f"{source}: encoder_embed_dim is not divisible by the head count")
         return result
 
 
@@ -230,21 +231,21 @@ class WavLMModel(nn.Module):
 def load_wavlm(path: Path) -> WavLMModel:
     raw = safe_torch_load(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict) or raw.get("cfg") is None:
-        raise CheckpointFormatError(f"{path}: expected a WavLM checkpoint with 'cfg' and 'model'")
+        raise CheckpointError(f"{path}: expected a WavLM checkpoint with 'cfg' and 'model'")
     cfg_dict = to_plain(raw["cfg"])
     if not isinstance(cfg_dict, dict):
-        raise CheckpointFormatError(f"{path}: 'cfg' is not a dict of WavLM config fields")
+        raise CheckpointError(f"{path}: 'cfg' is not a dict of WavLM config fields")
     model = WavLMModel(WavLMConfig.from_dict(cfg_dict, str(path)))
     state = {k: v for k, v in raw["model"].items() if isinstance(v, torch.Tensor)}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise CheckpointFormatError(f"{path}: the state dict lacks {len(missing)} WavLM keys, "
+        raise CheckpointError(f"{path}: the state dict lacks {len(missing)} WavLM keys, "
                                     f"e.g. {', '.join(missing[:4])}")
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        raise CheckpointFormatError(f"{path}: mis-shaped WavLM weights: {'; '.join(wrong[:4])}")
+        raise CheckpointError(f"{path}: mis-shaped WavLM weights: {'; '.join(wrong[:4])}")
     extra = [k for k in state if k not in own and not k.startswith(UNUSED_KEYS_PREFIXES)]
     if extra:
         logger.warning("%s: ignoring %d unexpected keys, e.g. %s", path, len(extra), ", ".join(extra[:4]))
@@ -254,7 +255,6 @@ def load_wavlm(path: Path) -> WavLMModel:
 
 class WavLMBasePlus(SpeechEncoder):
     name = "wavlmbase+"
-    dim = 768
     weight_file = "WavLM-Base+.pt"
     weight_source = WAVLM_SOURCE
 
@@ -264,9 +264,7 @@ class WavLMBasePlus(SpeechEncoder):
         path = self.check_weights(self.pretrain_dir)
         self.model = load_wavlm(path).to(self.device).eval()
         width = self.model.cfg.encoder_embed_dim
-        if width != self.dim:
-            logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, width, self.dim)
-        self.dim = width  # type: ignore[misc]
+        self.adopt_width(width, path)
 
     def n_frames(self, n_samples: int) -> int:
         return self.model.n_frames(n_samples)

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vencoder.base import CheckpointFormatError, SpeechEncoder, as_mono_tensor
+from modules.errors import CheckpointError
+from vencoder.base import SpeechEncoder, as_mono_tensor
 from vencoder.fairseq_checkpoint import safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -52,14 +53,14 @@ class AudioEncoderDims:
     @classmethod
     def from_checkpoint(cls, dims: Any, source: str) -> "AudioEncoderDims":
         if not isinstance(dims, Mapping):
-            raise CheckpointFormatError(f"{source}: 'dims' must be a dict of whisper model dimensions")
+            raise CheckpointError(f"{source}: 'dims' must be a dict of whisper model dimensions")
         try:
             values = {name: int(dims[name]) for name in cls.__dataclass_fields__}
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointFormatError(f"{source}: 'dims' lacks a valid audio encoder field ({e})") from None
+            raise CheckpointError(f"{source}: 'dims' lacks a valid audio encoder field ({e})") from None
         result = cls(**values)
         if result.n_audio_state % result.n_audio_head:
-            raise CheckpointFormatError(f"{source}: n_audio_state {result.n_audio_state} is not divisible by "
+            raise CheckpointError(f"{source}: n_audio_state {result.n_audio_state} is not divisible by "
                                         f"n_audio_head {result.n_audio_head}")
         return result
 
@@ -168,7 +169,6 @@ def window_unit_spans(n_samples: int, starts: Sequence[int], window_units: int) 
 
 class WhisperPPG(SpeechEncoder):
     name = "whisper-ppg"
-    dim = 1024
     weight_file = "medium.pt"
     weight_source = WHISPER_SOURCE.format(file="medium.pt")
     hop_size: ClassVar[int] = UNIT_HOP
@@ -180,10 +180,7 @@ class WhisperPPG(SpeechEncoder):
         self.encoder = load_whisper_audio_encoder(path).to(self.device).eval()
         self.front_end = WhisperLogMel(self.encoder.dims.n_mels).to(self.device)
         dims = self.encoder.dims
-        if dims.n_audio_state != self.dim:
-            logger.warning("%s: %s gives %d-dim units, not the usual %d", path, self.name, dims.n_audio_state,
-                           self.dim)
-        self.dim = dims.n_audio_state  # type: ignore[misc]
+        self.adopt_width(dims.n_audio_state, path)
         self.window_units = dims.n_audio_ctx
         self.window_samples = dims.n_audio_ctx * UNIT_HOP
         self.window_hop = max(1, int(dims.n_audio_ctx * WINDOW_HOP_FRACTION)) * UNIT_HOP
@@ -221,7 +218,6 @@ class WhisperPPG(SpeechEncoder):
 
 class WhisperPPGLarge(WhisperPPG):
     name = "whisper-ppg-large"
-    dim = 1280
     weight_file = "large-v2.pt"
     weight_source = WHISPER_SOURCE.format(file="large-v2.pt")
 
@@ -230,7 +226,7 @@ def load_whisper_audio_encoder(path: Path) -> WhisperAudioEncoder:
     """The audio encoder of an OpenAI whisper checkpoint; the text decoder's weights are skipped."""
     raw = safe_torch_load(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("model_state_dict"), dict) or "dims" not in raw:
-        raise CheckpointFormatError(f"{path}: expected a whisper checkpoint with 'dims' and 'model_state_dict'")
+        raise CheckpointError(f"{path}: expected a whisper checkpoint with 'dims' and 'model_state_dict'")
     dims = AudioEncoderDims.from_checkpoint(raw["dims"], str(path))
     model = WhisperAudioEncoder(dims)
     state = {k[len("encoder."):]: v for k, v in raw["model_state_dict"].items() if k.startswith("encoder.")}
@@ -239,11 +235,11 @@ def load_whisper_audio_encoder(path: Path) -> WhisperAudioEncoder:
         state["positional_embedding"] = own["positional_embedding"]
     missing = [k for k in own if k not in state]
     if missing:
-        raise CheckpointFormatError(f"{path}: the whisper encoder lacks {len(missing)} weights, "
+        raise CheckpointError(f"{path}: the whisper encoder lacks {len(missing)} weights, "
                                     f"e.g. {', '.join('encoder.' + k for k in missing[:4])}")
     wrong = [f"encoder.{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        raise CheckpointFormatError(f"{path}: mis-shaped whisper weights: {'; '.join(wrong[:4])}")
+        raise CheckpointError(f"{path}: mis-shaped whisper weights: {'; '.join(wrong[:4])}")
     model.load_state_dict({k: state[k].float() for k in own}, strict=True)
     return model
