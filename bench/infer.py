@@ -76,7 +76,7 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
     if mode == "fast" and not engine.fast:  # no native bf16: the engine would run fp32 anyway
         return {"seconds": seconds, "mode": "fast", "device": device_name, "threads": threads, "compute_s": None,
                 "rtf": None, "peak_mb": None, "snr_db": None, "note": "no native bf16 on this CPU: fast = fp32"}
-    sr, hop = engine.sr, engine.hop
+    sr, hop = engine.sr, engine.hop_length
     n = int(seconds * sr) // hop
     f0 = torch.from_numpy(_continuous_f0(n, sr, hop))[None].to(device)
     gen = torch.Generator().manual_seed(1)

@@ -58,6 +58,7 @@ def _setup(work: Path, clips: int, seconds: float) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from modules.config import HParams, load_template
     from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
     from vdecoder.vocoder import VocoderMel
 
@@ -65,8 +66,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         pretrain, clean = _setup(work, args.clips, args.seconds)
-        settings = PreprocessSettings(speech_encoder="vec768l12", f0_predictor=args.f0_predictor,
-                                      write_volume=True, use_diff=args.use_diff, mel=VocoderMel(),
+        hps = HParams(**load_template())
+        hps.model.vol_embedding = True
+        settings = PreprocessSettings(hps, f0_predictor=args.f0_predictor, use_diff=args.use_diff, mel=VocoderMel(),
                                       pretrain_dir=str(pretrain))
         rows = []
         for n in args.processes:

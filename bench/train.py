@@ -40,7 +40,7 @@ def _make_batch(hps, batch_size: int, seconds: float, seed: int):
     from modules.pitch.base import interpolate_f0
     from tests.support.voices import synth_singing
 
-    sr, hop = int(hps.data.sampling_rate), int(hps.data.hop_length)
+    sr, hop = hps.data.sampling_rate, hps.data.hop_length
     gen = torch.Generator().manual_seed(seed)
     items = []
     for i in range(batch_size):
@@ -48,8 +48,8 @@ def _make_batch(hps, batch_size: int, seconds: float, seed: int):
         audio = torch.from_numpy(voice.audio)
         t = len(voice.audio) // hop
         f0, uv = interpolate_f0(voice.f0[:t])
-        units = torch.randn(int(hps.model.ssl_dim), t, generator=gen)
-        spec = spectrogram(audio, int(hps.data.filter_length), hop, int(hps.data.win_length))[:, :t]
+        units = torch.randn(hps.model.ssl_dim, t, generator=gen)
+        spec = spectrogram(audio, hps.data.filter_length, hop, hps.data.win_length)[:, :t]
         vol = volume(audio, hop)[:t] if hps.model.vol_embedding else None
         items.append(ClipItem(units, torch.from_numpy(np.asarray(f0)), spec, audio[None, : t * hop], i % 2,
                               torch.from_numpy(np.asarray(uv)), vol, f"synthetic_{i}"))

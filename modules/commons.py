@@ -62,11 +62,6 @@ def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def subsequent_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Causal mask [1, 1, length, length] (1 on and below the diagonal)."""
-    return torch.tril(torch.ones(length, length, device=device)).unsqueeze(0).unsqueeze(0)
-
-
 def fused_add_tanh_sigmoid_multiply(a: torch.Tensor, b: torch.Tensor, n_channels: int) -> torch.Tensor:
     """WaveNet gate: tanh of the first `n_channels` of a+b times sigmoid of the rest."""
     total = a + b

@@ -135,6 +135,19 @@ def _type_ok(value: Any, default: Any) -> bool:
     return True
 
 
+def _as_template_type(value: Any, default: Any) -> Any:
+    """The value in the template's number type, so readers need no casts: 512.0 where 512 stands becomes
+    512, and 1 where 1.0 stands becomes 1.0. A fractional value where the template has a whole number is
+    kept (weights such as c_mel may be fractional)."""
+    if isinstance(default, bool) or isinstance(value, bool) or value is None:
+        return value
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
 def _merge_with_template(data: dict[str, Any], template: dict[str, Any], path: Path, prefix: str = "") -> dict:
     """Fill missing fields from the template and check types, recursively."""
     merged = dict(data)
@@ -152,6 +165,7 @@ def _merge_with_template(data: dict[str, Any], template: dict[str, Any], path: P
             raise ConfigError(
                 f"{path}: field '{name}' should be {type(default).__name__} like {default!r}, got {value!r}"
             )
+        merged[key] = _as_template_type(value, default)
         if isinstance(default, dict) and key not in _FREE_FORM_SECTIONS:
             merged[key] = _merge_with_template(value, default, path, prefix=f"{name}.")
     return merged

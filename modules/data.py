@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from modules.audio import load_audio
 from modules.checkpoint import load_torch_file
+from modules.config import HParams
 from modules.dataset_files import ClipFiles
 from modules.errors import AudioError, CheckpointError, DatasetError, UnsafeCheckpointError
 from modules.features import repeat_expand_2d, spectrogram, volume
@@ -177,37 +178,6 @@ def collate_clips(items: Sequence[ClipItem]) -> Batch:
 # --------------------------------------------------------------------------------------------- dataset
 
 
-@dataclass(frozen=True)
-class DataSettings:
-    """The config fields the loader needs, pulled out so workers pickle a small object."""
-
-    sampling_rate: int
-    hop_length: int
-    filter_length: int
-    win_length: int
-    unit_interpolate_mode: str
-    ssl_dim: int
-    segment_frames: int
-    use_vol: bool
-    vol_aug: bool
-    speakers: dict[str, int]
-
-    @classmethod
-    def from_hparams(cls, hps: Any) -> "DataSettings":
-        return cls(
-            sampling_rate=int(hps.data.sampling_rate),
-            hop_length=int(hps.data.hop_length),
-            filter_length=int(hps.data.filter_length),
-            win_length=int(hps.data.win_length),
-            unit_interpolate_mode=str(hps.data.get("unit_interpolate_mode", "nearest")),
-            ssl_dim=int(hps.model.ssl_dim),
-            segment_frames=int(hps.train.segment_size) // int(hps.data.hop_length),
-            use_vol=bool(hps.model.get("vol_embedding", False)),
-            vol_aug=bool(hps.train.get("vol_aug", False)) and bool(hps.model.get("vol_embedding", False)),
-            speakers={str(k): int(v) for k, v in hps.spk.items()},
-        )
-
-
 class ClipDataset(Dataset):
     """so-vits training clips from a file list.
 
@@ -216,9 +186,12 @@ class ClipDataset(Dataset):
     With `all_in_mem` every clip is decoded once and kept in RAM (use num_workers=0 then).
     """
 
-    def __init__(self, filelist: str | os.PathLike | Sequence[str | os.PathLike], settings: DataSettings,
+    def __init__(self, filelist: str | os.PathLike | Sequence[str | os.PathLike], hps: HParams,
                  train: bool = True, all_in_mem: bool = False) -> None:
-        self.settings = settings
+        self.hps = hps
+        self.segment_frames = hps.train.segment_size // hps.data.hop_length
+        self.use_vol = hps.model.vol_embedding
+        self.vol_aug = hps.train.vol_aug and hps.model.vol_embedding
         self.train = train
         if isinstance(filelist, (str, os.PathLike)):
             self.source = str(filelist)
@@ -237,10 +210,10 @@ class ClipDataset(Dataset):
         clips: list[ClipFiles] = []
         for wav in wavs:
             files = ClipFiles(wav)
-            if files.speaker not in self.settings.speakers:
+            if files.speaker not in self.hps.spk:
                 raise DatasetError(
                     f"{wav}: speaker folder '{files.speaker}' is not in the config's 'spk' map "
-                    f"({', '.join(sorted(self.settings.speakers))})"
+                    f"({', '.join(sorted(self.hps.spk))})"
                 )
             for required in (files.wav, files.units, files.f0):
                 if not required.is_file():
@@ -248,12 +221,12 @@ class ClipDataset(Dataset):
             if not files.wav.is_file():
                 continue
             try:
-                frames = sf.info(str(files.wav)).frames // self.settings.hop_length
+                frames = sf.info(str(files.wav)).frames // self.hps.data.hop_length
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise DatasetError(f"{wav}: not a readable audio file ({e})") from None
-            if frames < self.settings.segment_frames:
+            if frames < self.segment_frames:
                 logger.warning("%s: only %d frames, shorter than one training segment (%d); skipped",
-                               wav, frames, self.settings.segment_frames)
+                               wav, frames, self.segment_frames)
                 continue
             clips.append(files)
         if missing:
@@ -272,14 +245,13 @@ class ClipDataset(Dataset):
     def load_clip(self, index: int) -> ClipItem:
         """Read and validate one clip's files; everything truncated to the common frame count."""
         files = self.clips[index]
-        s = self.settings
         name = str(files.wav)
         try:
             audio_np, sr = load_audio(files.wav)
         except AudioError as e:
             raise DatasetError(str(e)) from None
-        if sr != s.sampling_rate:
-            raise DatasetError(f"{name}: sample rate is {sr} Hz but the config says {s.sampling_rate} Hz (run resample.py)")
+        if sr != self.hps.data.sampling_rate:
+            raise DatasetError(f"{name}: sample rate is {sr} Hz but the config says {self.hps.data.sampling_rate} Hz (run resample.py)")
         audio = torch.from_numpy(audio_np)
 
         if files.spec.is_file():
@@ -287,12 +259,12 @@ class ClipDataset(Dataset):
             if spec.dim() == 3 and spec.size(0) == 1:
                 spec = spec[0]
         else:
-            spec = spectrogram(audio, s.filter_length, s.hop_length, s.win_length)
+            spec = spectrogram(audio, self.hps.data.filter_length, self.hps.data.hop_length, self.hps.data.win_length)
             save_torch(spec, files.spec)  # atomic, so concurrent workers cannot leave a torn file
-        if spec.dim() != 2 or spec.size(0) != s.filter_length // 2 + 1:
+        if spec.dim() != 2 or spec.size(0) != self.hps.data.filter_length // 2 + 1:
             raise DatasetError(
-                f"{files.spec}: spectrogram shape {tuple(spec.shape)}, expected [{s.filter_length // 2 + 1}, T] "
-                f"for filter_length {s.filter_length}"
+                f"{files.spec}: spectrogram shape {tuple(spec.shape)}, expected [{self.hps.data.filter_length // 2 + 1}, T] "
+                f"for filter_length {self.hps.data.filter_length}"
             )
 
         f0_np, uv_np = read_f0_file(files.f0)
@@ -301,36 +273,36 @@ class ClipDataset(Dataset):
         units = _load_tensor(files.units, "units")
         if units.dim() == 3 and units.size(0) == 1:
             units = units[0]
-        if units.dim() != 2 or units.size(0) != s.ssl_dim:
+        if units.dim() != 2 or units.size(0) != self.hps.model.ssl_dim:
             raise DatasetError(
-                f"{files.units}: units shape {tuple(units.shape)}, expected [1, {s.ssl_dim}, T_u] "
-                f"(model.ssl_dim is {s.ssl_dim}; was the clip encoded with another speech encoder?)"
+                f"{files.units}: units shape {tuple(units.shape)}, expected [1, {self.hps.model.ssl_dim}, T_u] "
+                f"(model.ssl_dim is {self.hps.model.ssl_dim}; was the clip encoded with another speech encoder?)"
             )
-        expected_units = len(audio) / s.sampling_rate * UNIT_FRAME_RATE
+        expected_units = len(audio) / self.hps.data.sampling_rate * UNIT_FRAME_RATE
         if not (0.5 * expected_units - 2 <= units.size(1) <= 2.0 * expected_units + 2):
             raise DatasetError(
-                f"{name}: units have {units.size(1)} frames but {len(audio) / s.sampling_rate:.2f} s of audio "
+                f"{name}: units have {units.size(1)} frames but {len(audio) / self.hps.data.sampling_rate:.2f} s of audio "
                 f"should give about {expected_units:.0f}; the units file belongs to another clip or is stale"
             )
-        units = repeat_expand_2d(units, f0.size(0), s.unit_interpolate_mode)
+        units = repeat_expand_2d(units, f0.size(0), self.hps.data.unit_interpolate_mode)
 
         vol = None
-        if s.use_vol:
-            vol = torch.from_numpy(self._read_vol(files)) if files.vol.is_file() else volume(audio, s.hop_length)
+        if self.use_vol:
+            vol = torch.from_numpy(self._read_vol(files)) if files.vol.is_file() else volume(audio, self.hps.data.hop_length)
 
-        lengths = {"units/f0": f0.size(0), "uv": uv.size(0), "spec": spec.size(1), "audio": len(audio) // s.hop_length}
+        lengths = {"units/f0": f0.size(0), "uv": uv.size(0), "spec": spec.size(1), "audio": len(audio) // self.hps.data.hop_length}
         if vol is not None:
             lengths["vol"] = vol.size(0)
         t = min(lengths.values())
         if max(lengths.values()) - t >= LENGTH_TOLERANCE_FRAMES or t < 1:
             detail = ", ".join(f"{k} {v}" for k, v in lengths.items())
             raise DatasetError(
-                f"{name}: inconsistent feature lengths in frames ({detail}; hop {s.hop_length}); "
+                f"{name}: inconsistent feature lengths in frames ({detail}; hop {self.hps.data.hop_length}); "
                 f"delete its feature files and rerun preprocess_hubert_f0.py"
             )
         item = ClipItem(
-            units=units[:, :t], f0=f0[:t], spec=spec[:, :t], audio=audio[None, : t * s.hop_length],
-            speaker=s.speakers[files.speaker], uv=uv[:t], vol=None if vol is None else vol[:t].float(), name=name,
+            units=units[:, :t], f0=f0[:t], spec=spec[:, :t], audio=audio[None, : t * self.hps.data.hop_length],
+            speaker=self.hps.spk[files.speaker], uv=uv[:t], vol=None if vol is None else vol[:t].float(), name=name,
         )
         for key in ("units", "spec"):
             if not torch.isfinite(getattr(item, key)).all():
@@ -352,7 +324,7 @@ class ClipDataset(Dataset):
             return item
         start = random.randint(0, item.frames - CROP_THRESHOLD) if self.train else 0
         end = start + CROP_FRAMES
-        hop = self.settings.hop_length
+        hop = self.hps.data.hop_length
         return ClipItem(
             units=item.units[:, start:end], f0=item.f0[start:end], spec=item.spec[:, start:end],
             audio=item.audio[:, start * hop: end * hop], speaker=item.speaker, uv=item.uv[start:end],
@@ -367,15 +339,14 @@ class ClipDataset(Dataset):
         high = min(1.0, math.log10(1.0 / peak))
         gain = 10.0 ** random.uniform(-1.0, high)
         audio = item.audio * gain
-        s = self.settings
-        spec = spectrogram(audio[0], s.filter_length, s.hop_length, s.win_length)[:, : item.frames]
+        spec = spectrogram(audio[0], self.hps.data.filter_length, self.hps.data.hop_length, self.hps.data.win_length)[:, : item.frames]
         vol = None if item.vol is None else item.vol * gain
         return ClipItem(item.units, item.f0, spec, audio, item.speaker, item.uv, vol, item.name)
 
     def __getitem__(self, index: int) -> ClipItem:
         item = self._cache[index] if self._cache is not None else self.load_clip(index)
         item = self._crop(item)
-        if self.train and self.settings.vol_aug:
+        if self.train and self.vol_aug:
             item = self._volume_augment(item)
         return item
 
@@ -399,7 +370,7 @@ def default_num_workers(all_in_mem: bool) -> int:
     return max(1, min(4, cpus // 2))
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 1234,
+def make_loader(dataset: ClipDataset, batch_size: int, rank: int, world_size: int, seed: int,
                 shuffle: bool = True, num_workers: int = 0, pin_memory: bool = False,
                 drop_last: bool = False) -> tuple[DataLoader, DistributedSampler]:
     """DataLoader over this rank's share of `dataset`.

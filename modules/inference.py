@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from models import DEFAULT_SEED
 from modules.audio import load_audio, resample
 from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
@@ -44,11 +45,10 @@ from modules.inference_plan import (
 )
 from modules.pitch import get_f0_predictor
 from modules.speaker_mix import SpeakerMix
+from vencoder.base import ENCODER_SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEED = 52468
-ENCODER_SR = 16000
 
 
 @dataclass
@@ -110,17 +110,17 @@ class SvcEngine:
         self.pretrain_dir = pretrain_dir
         self.hps = hps
         self.device = torch.device(device)
-        self.sr = int(hps.data.sampling_rate)
-        self.hop = int(hps.data.hop_length)
-        self.speakers: dict[str, int] = dict(hps.get("spk", {}))
-        self.n_speakers = int(hps.model.n_speakers)
+        self.sr = hps.data.sampling_rate
+        self.hop_length = hps.data.hop_length
+        self.speakers: dict[str, int] = dict(hps.spk)
+        self.n_speakers = hps.model.n_speakers
         self.chunk_frames = chunk_frames
         self.fast = fast and _reduced_precision_is_fast(self.device)
         self.encoder_window_seconds = encoder_window_seconds
         self.rf: ReceptiveField = receptive_field(model, hps.model)
         self._encoder = encoder
-        self.vol_embedding = bool(hps.model.get("vol_embedding", False))
-        self.unit_mode = str(hps.data.get("unit_interpolate_mode", "nearest"))
+        self.vol_embedding = hps.model.vol_embedding
+        self.unit_mode = hps.data.unit_interpolate_mode
 
     # ----- construction ---------------------------------------------------------------------------------
 
@@ -144,7 +144,7 @@ class SvcEngine:
         model = model.to(dev).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        logger.info("loaded %s (%d speakers) on %s", model_path, len(hps.get("spk", {})), dev)
+        logger.info("loaded %s (%d speakers) on %s", model_path, len(hps.spk), dev)
         return cls(model, hps, dev, encoder=encoder, chunk_frames=chunk_frames, fast=fast, pretrain_dir=pretrain_dir,
                    encoder_window_seconds=encoder_window_seconds)
 
@@ -188,19 +188,19 @@ class SvcEngine:
         predictor: Any = None,
     ) -> PieceFeatures:
         """Units, F0 (times 2^(t/12)), uv and volume of one padded piece at the model rate."""
-        n_frames = len(wav) // self.hop
+        n_frames = len(wav) // self.hop_length
         if predictor is None:
-            predictor = get_f0_predictor(f0_predictor, hop_length=self.hop, sampling_rate=self.sr,
+            predictor = get_f0_predictor(f0_predictor, hop_length=self.hop_length, sampling_rate=self.sr,
                                          device=str(self.device), threshold=f0_threshold)
         f0, uv = predictor.compute_f0_uv(wav)
         f0 = np.asarray(f0, dtype=np.float32)[:n_frames] * float(2.0 ** (transpose / 12.0))
         uv = np.asarray(uv, dtype=np.float32)[:n_frames]
-        wav16 = resample(wav, self.sr, ENCODER_SR)
+        wav16 = resample(wav, self.sr, ENCODER_SAMPLE_RATE)
         units = self.encode_units(wav16)  # [D, T_u]
         if units.shape[-1] == 0:  # a piece shorter than the encoder's first window
             units = units.new_zeros(units.shape[0], 1)
         units = repeat_expand_2d(units.float().cpu(), n_frames, mode=self.unit_mode)
-        vol = volume(torch.from_numpy(np.ascontiguousarray(wav)), hop=self.hop)[None] if self.vol_embedding else None
+        vol = volume(torch.from_numpy(np.ascontiguousarray(wav)), hop=self.hop_length)[None] if self.vol_embedding else None
         dev = self.device
         return PieceFeatures(
             units[None].to(dev), torch.from_numpy(f0)[None].to(dev), torch.from_numpy(uv)[None].to(dev),
@@ -217,10 +217,10 @@ class SvcEngine:
         cannot encode such pieces at all.
         """
         hop = int(getattr(self.encoder, "hop_size", 320))
-        window = int(self.encoder_window_seconds * ENCODER_SR) // hop * hop
+        window = int(self.encoder_window_seconds * ENCODER_SAMPLE_RATE) // hop * hop
         if window <= 0 or len(wav16) <= window + 2 * hop:
             return self.encoder.encode(torch.from_numpy(wav16))[0]
-        context = int(context_seconds * ENCODER_SR) // hop * hop
+        context = int(context_seconds * ENCODER_SAMPLE_RATE) // hop * hop
         parts: list[torch.Tensor] = []
         for a in range(0, len(wav16), window):
             b = min(a + window, len(wav16))
@@ -263,11 +263,11 @@ class SvcEngine:
         z_p = (m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale) * x_mask
         f0_used = f0_used.float()
         if f0_used.shape[-1] > self.chunk_frames > 0:  # long piece: same excitation, bounded memory
-            excitation = ExcitationStream(model.dec.m_source, f0_used, self.hop, self.chunk_frames)
+            excitation = ExcitationStream(model.dec.m_source, f0_used, self.hop_length, self.chunk_frames)
         else:
             excitation = model.dec.excitation(f0_used)
         with self._autocast():
-            audio = synthesize_chunked(model, z_p, x_mask, excitation, g, self.rf, self.hop,
+            audio = synthesize_chunked(model, z_p, x_mask, excitation, g, self.rf, self.hop_length,
                                        self.chunk_frames, progress)
         return audio.float(), f0_used
 
@@ -294,7 +294,7 @@ class SvcEngine:
             model_audio = np.pad(model_audio, (0, max(0, total - len(model_audio))))[:total]
         pad = int(self.sr * options.pad_seconds)
         if predictor is None:
-            predictor = get_f0_predictor(options.f0_predictor, hop_length=self.hop, sampling_rate=self.sr,
+            predictor = get_f0_predictor(options.f0_predictor, hop_length=self.hop_length, sampling_rate=self.sr,
                                          device=str(self.device), threshold=options.f0_threshold)
         mix = options.spk_mix if options.spk_mix is not None and options.spk_mix.enabled else None
         g_fixed = None if mix else self.speaker_condition(self.resolve_speaker(options.speaker))
@@ -309,7 +309,7 @@ class SvcEngine:
             out.add(piece, pad_or_trim(result[pad: len(result) - pad] if pad else result, piece.length))
             if stats is not None:
                 stats.voiced_pieces += 1
-                stats.frames += len(src) // self.hop
+                stats.frames += len(src) // self.hop_length
         if stats is not None:
             stats.pieces += len(pieces)
         return out.audio
@@ -318,12 +318,12 @@ class SvcEngine:
         self, src: np.ndarray, piece: Piece, pad: int, options: ConvertOptions, predictor: Any,
         mix: SpeakerMix | None, g_fixed: torch.Tensor | None, total: int,
     ) -> np.ndarray:
-        n_frames = len(src) // self.hop
+        n_frames = len(src) // self.hop_length
         if n_frames == 0:
             return np.zeros(len(src), dtype=np.float32)
         feats = self.piece_features(src, options.transpose, predictor=predictor)
         if mix is not None:
-            times = frame_times(piece.start, n_frames, self.hop, pad, total)
+            times = frame_times(piece.start, n_frames, self.hop_length, pad, total)
             g = mix.embedding(self.model.emb_g.weight, times)
         else:
             g = g_fixed
@@ -349,5 +349,4 @@ def _progress_bar(pieces: list[Piece], show: bool):
 
 __all__ = [
     "ConvertOptions", "ConversionStats", "InferenceError", "PieceFeatures", "SvcEngine",
-    "DEFAULT_SEED",
 ]

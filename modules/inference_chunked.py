@@ -58,9 +58,9 @@ def decoder_receptive_frames(model_hps: Any, snake: bool | None = None) -> int:
     kernels = list(model_hps["upsample_kernel_sizes"])
     rb_kernels = list(model_hps["resblock_kernel_sizes"])
     rb_dilations = [list(d) for d in model_hps["resblock_dilation_sizes"]]
-    kind = str(model_hps.get("resblock", "1"))
+    kind = str(model_hps["resblock"])
     if snake is None:
-        snake = model_hps.get("vocoder_name", "nsf-hifigan") == "nsf-snake-hifigan"
+        snake = model_hps["vocoder_name"] == "nsf-snake-hifigan"
     act = _SNAKE_RADIUS if snake else 0
     radius = 3 + act  # conv_post kernel 7, after the final activation
     for u, k in zip(reversed(rates), reversed(kernels)):

@@ -31,7 +31,7 @@ import soundfile as sf
 import torch
 
 from modules.audio import load_audio, resample
-from modules.config import load_config, load_diffusion_config
+from modules.config import HParams, load_config, load_diffusion_config
 from modules.dataset_files import ClipFiles
 from modules.device import resolve_device
 from modules.errors import AudioError, CheckpointError, ConfigError, SvcError
@@ -39,29 +39,36 @@ from modules.features import spectrogram, volume
 from modules.fileio import save_numpy, save_torch
 from modules.safe_numpy import save_aug_mel, save_f0
 from vdecoder.vocoder import VocoderMel
+from vencoder.base import ENCODER_SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-ENCODER_SR = 16000
 F0_THRESHOLD = 0.05
 
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Everything a worker needs; plain data so it pickles into spawned processes."""
+    """The loaded config plus this run's choices; plain data, so it pickles into spawned processes."""
 
-    sampling_rate: int = 44100
-    hop_length: int = 512
-    filter_length: int = 2048
-    win_length: int = 2048
-    speech_encoder: str = "vec768l12"
+    hps: HParams
     f0_predictor: str = "rmvpe"
     f0_threshold: float = F0_THRESHOLD
-    write_volume: bool = False
     use_diff: bool = False
     mel: VocoderMel = field(default_factory=VocoderMel)
     pretrain_dir: str | None = None  # None: the project's pretrain/ folder
     aug_seed: int | None = None  # None: unseeded like the original; an int makes the aug files reproducible
+
+    @property
+    def data(self) -> HParams:
+        return self.hps.data
+
+    @property
+    def speech_encoder(self) -> str:
+        return self.hps.model.speech_encoder
+
+    @property
+    def write_volume(self) -> bool:
+        return self.hps.model.vol_embedding or self.use_diff
 
     @classmethod
     def from_configs(cls, config_path: str | os.PathLike, diffusion_config_path: str | os.PathLike | None,
@@ -78,12 +85,7 @@ class PreprocessSettings:
                     f"vocoder mel (sr {mel.sampling_rate}, hop {mel.hop_size}) does not match {config_path} "
                     f"(sr {hps.data.sampling_rate}, hop {hps.data.hop_length})"
                 )
-        return cls(
-            sampling_rate=int(hps.data.sampling_rate), hop_length=int(hps.data.hop_length),
-            filter_length=int(hps.data.filter_length), win_length=int(hps.data.win_length),
-            speech_encoder=str(hps.model.speech_encoder), f0_predictor=f0_predictor,
-            write_volume=bool(hps.model.vol_embedding) or use_diff, use_diff=use_diff, mel=mel, **overrides,
-        )
+        return cls(hps, f0_predictor=f0_predictor, use_diff=use_diff, mel=mel, **overrides)
 
 
 def required_files(files: ClipFiles, settings: PreprocessSettings) -> list[Path]:
@@ -128,8 +130,8 @@ def default_f0_factory(settings: PreprocessSettings, device: str) -> Any:
     """The registry predictor named in the settings, at the config's hop and sampling rate."""
     from modules.pitch import get_f0_predictor
 
-    return get_f0_predictor(settings.f0_predictor, hop_length=settings.hop_length,
-                            sampling_rate=settings.sampling_rate, device=device, threshold=settings.f0_threshold)
+    return get_f0_predictor(settings.f0_predictor, hop_length=settings.data.hop_length,
+                            sampling_rate=settings.data.sampling_rate, device=device, threshold=settings.f0_threshold)
 
 
 class ClipProcessor:
@@ -173,11 +175,11 @@ class ClipProcessor:
                 results[wav].skipped = True
                 continue
             try:
-                audio, _sr = load_audio(wav, target_sr=self.settings.sampling_rate)
-                results[wav].seconds = len(audio) / self.settings.sampling_rate
+                audio, _sr = load_audio(wav, target_sr=self.settings.data.sampling_rate)
+                results[wav].seconds = len(audio) / self.settings.data.sampling_rate
                 self._write_frame_features(files, audio, missing)
                 if files.units in missing:
-                    to_encode.append((Path(wav), resample(audio, self.settings.sampling_rate, ENCODER_SR)))
+                    to_encode.append((Path(wav), resample(audio, self.settings.data.sampling_rate, ENCODER_SAMPLE_RATE)))
             except (AudioError, ValueError, RuntimeError, OSError) as e:
                 results[wav].error = f"{type(e).__name__}: {e}" if not isinstance(e, AudioError) else str(e)
         self._encode_and_write(to_encode, results)
@@ -204,7 +206,7 @@ class ClipProcessor:
 
     def _write_frame_features(self, files: ClipFiles, audio: np.ndarray, missing: set[Path]) -> None:
         s = self.settings
-        n_frames = len(audio) // s.hop_length
+        n_frames = len(audio) // s.data.hop_length
         if n_frames < 1:
             raise ValueError(f"clip is shorter than one hop ({len(audio)} samples)")
         y = torch.from_numpy(audio)
@@ -214,10 +216,10 @@ class ClipProcessor:
                 raise ValueError(f"F0 predictor returned {len(f0)} frames, expected {n_frames}")
             save_f0(files.f0, f0, uv)
         if files.spec in missing:
-            spec = spectrogram(y, n_fft=s.filter_length, hop=s.hop_length, win=s.win_length)
+            spec = spectrogram(y, n_fft=s.data.filter_length, hop=s.data.hop_length, win=s.data.win_length)
             save_torch(spec.float().contiguous(), files.spec)
         if s.write_volume and files.vol in missing:
-            save_numpy(volume(y, hop=s.hop_length).numpy().astype(np.float32), files.vol)
+            save_numpy(volume(y, hop=s.data.hop_length).numpy().astype(np.float32), files.vol)
         if s.use_diff:
             self._write_diffusion_features(files, y, missing)
 
@@ -236,7 +238,7 @@ class ClipProcessor:
             keyshift = float(self._rng.uniform(-5.0, 5.0))
             shifted = y * (10.0 ** vol_shift)
             save_aug_mel(files.aug_mel, mel_of(shifted, keyshift), keyshift)
-            save_numpy(volume(shifted, hop=self.settings.hop_length).numpy().astype(np.float32), files.aug_vol)
+            save_numpy(volume(shifted, hop=self.settings.data.hop_length).numpy().astype(np.float32), files.aug_vol)
 
 
 # ------------------------------------------------------------------------------------------ job level

@@ -44,7 +44,7 @@ from modules.checkpoint import (
 )
 from modules.commons import slice_segments
 from modules.config import HParams, load_config
-from modules.data import Batch, ClipDataset, DataSettings, default_num_workers, make_loader
+from modules.data import Batch, ClipDataset, default_num_workers, make_loader
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import TrainingError
 from modules.features import mel_spectrogram, spec_to_mel
@@ -162,9 +162,9 @@ class Precision:
         if override not in PRECISIONS:
             raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, got {override!r}")
         if override == "config":
-            if not hps.train.get("fp16_run", False):
+            if not hps.train.fp16_run:
                 return cls(None, False)
-            override = "bf16" if str(hps.train.get("half_type", "fp16")) == "bf16" else "fp16"
+            override = "bf16" if hps.train.half_type == "bf16" else "fp16"
         if override == "fp32":
             return cls(None, False)
         if override == "bf16":
@@ -328,10 +328,10 @@ class Trainer:
         self.nan_streak = 0
         self.last_saved_step: int | None = None
 
-        torch.manual_seed(int(hps.train.seed))  # identical initial weights on every rank
+        torch.manual_seed(hps.train.seed)  # identical initial weights on every rank
         self.net_g: nn.Module = SynthesizerTrn.from_hparams(hps).to(self.device)
         if discriminator_factory is None:
-            self.net_d: nn.Module = MultiPeriodDiscriminator(bool(hps.model.get("use_spectral_norm", False)))
+            self.net_d: nn.Module = MultiPeriodDiscriminator(hps.model.use_spectral_norm)
         else:  # tests use a narrower discriminator with the same interface
             self.net_d = discriminator_factory(hps)
         self.net_d = self.net_d.to(self.device)
@@ -343,7 +343,7 @@ class Trainer:
                            "(set train.fp16_run to false, or use --precision fp32)", self.precision.name,
                            self.precision.name)
         self.epoch, self.global_step = self._resume()
-        self._rng = np.random.default_rng(int(hps.train.seed) + self.ctx.rank)
+        self._rng = np.random.default_rng(hps.train.seed + self.ctx.rank)
 
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -426,7 +426,7 @@ class Trainer:
                            "starting the optimizer fresh", path)
             optimizer.state.clear()
         for group in optimizer.param_groups:
-            group.setdefault("initial_lr", float(self.hps.train.learning_rate))
+            group.setdefault("initial_lr", self.hps.train.learning_rate)
             group["fused"] = fused
             if fused:
                 group["foreach"] = None
@@ -437,21 +437,20 @@ class Trainer:
 
     def build_loaders(self) -> None:
         """Training loader for this rank, and the validation set on rank 0."""
-        settings = DataSettings.from_hparams(self.hps)
-        all_in_mem = bool(self.hps.train.get("all_in_mem", False))
+        all_in_mem = self.hps.train.all_in_mem
         workers = self.options.num_workers
         if workers is None:
             workers = default_num_workers(all_in_mem)
-        train_set = ClipDataset(self.hps.data.training_files, settings, train=True, all_in_mem=all_in_mem)
+        train_set = ClipDataset(self.hps.data.training_files, self.hps, train=True, all_in_mem=all_in_mem)
         self.train_loader, self.train_sampler = make_loader(
-            train_set, int(self.hps.train.batch_size), self.ctx.rank, self.ctx.world_size,
-            seed=int(self.hps.train.seed), shuffle=True, num_workers=workers,
+            train_set, self.hps.train.batch_size, self.ctx.rank, self.ctx.world_size,
+            seed=self.hps.train.seed, shuffle=True, num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
         logger.info("%d training clips (%d per rank), batch %d, %d loader workers", len(train_set),
-                    len(self.train_sampler), int(self.hps.train.batch_size), workers)
+                    len(self.train_sampler), self.hps.train.batch_size, workers)
         if self.ctx.is_main:
-            self.eval_dataset = ClipDataset(self.hps.data.validation_files, settings, train=False,
+            self.eval_dataset = ClipDataset(self.hps.data.validation_files, self.hps, train=False,
                                             all_in_mem=all_in_mem)
 
     # ------------------------------------------------------------------ schedule
@@ -497,8 +496,8 @@ class Trainer:
     def train_step(self, batch: Batch, want_norms: bool = False) -> StepResult:
         """One discriminator and one generator update on `batch` (already on the device)."""
         hps = self.hps
-        data, hop = hps.data, int(hps.data.hop_length)
-        seg_frames = int(hps.train.segment_size) // hop
+        data, hop = hps.data, hps.data.hop_length
+        seg_frames = hps.train.segment_size // hop
         start = time.perf_counter()
         self.g_train.train()
         self.d_train.train()
@@ -508,7 +507,7 @@ class Trainer:
                 batch.units, batch.f0, batch.uv, batch.spec, g=batch.speaker, c_lengths=batch.lengths,
                 spec_lengths=batch.lengths, vol=batch.vol,
             )
-        y = slice_segments(batch.audio, ids_slice * hop, int(hps.train.segment_size))
+        y = slice_segments(batch.audio, ids_slice * hop, hps.train.segment_size)
         spec_slice = slice_segments(batch.spec, ids_slice, seg_frames)
         loss_mel_raw, y_mel, y_hat_mel = losses.mel_l1_loss(
             spec_slice, y_hat, int(data.sampling_rate), int(data.filter_length), hop, int(data.win_length),
@@ -538,8 +537,8 @@ class Trainer:
                 d_fake, fmap_real, fmap_fake = discriminate_for_generator(self.net_d, y, y_hat)
             loss_fm = losses.feature_loss(fmap_real, fmap_fake)
             loss_gen, _ = losses.generator_loss(d_fake)
-            loss_mel = loss_mel_raw * float(hps.train.c_mel)
-            loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(hps.train.c_kl)
+            loss_mel = loss_mel_raw * hps.train.c_mel
+            loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
             total = loss_gen + loss_fm + loss_mel + loss_kl
             if pred_lf0 is not None:
                 loss_lf0 = losses.lf0_loss(pred_lf0, lf0)
@@ -591,7 +590,7 @@ class Trainer:
         """
         if self.eval_dataset is None:
             return {}
-        data, hop = self.hps.data, int(self.hps.data.hop_length)
+        data, hop = self.hps.data, self.hps.data.hop_length
         sr = int(data.sampling_rate)
         self.net_g.eval()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -636,12 +635,12 @@ class Trainer:
         if not (all_finite(self.net_g) and all_finite(self.net_d)):
             raise TrainingError(f"step {step}: weights contain NaN or infinite values; refusing to write a "
                                 f"broken checkpoint to {self.model_dir}")
-        lr0 = float(self.hps.train.learning_rate)
+        lr0 = self.hps.train.learning_rate
         g_path, d_path = self.model_dir / f"G_{step}.pth", self.model_dir / f"D_{step}.pth"
         save_checkpoint(self.net_g, self.optim_g, lr0, self.epoch, str(g_path))
         save_checkpoint(self.net_d, self.optim_d, lr0, self.epoch, str(d_path))
         self.last_saved_step = step
-        keep = int(self.hps.train.get("keep_ckpts", 0))
+        keep = self.hps.train.keep_ckpts
         if keep > 0:
             clean_checkpoints(str(self.model_dir), keep)
         logger.info("saved %s and %s (epoch %d)", g_path.name, d_path.name, self.epoch)
@@ -724,8 +723,8 @@ class Trainer:
         if self.train_loader is None:
             self.build_loaders()
         hps, opts = self.hps, self.options
-        log_interval, eval_interval = int(hps.train.log_interval), int(hps.train.eval_interval)
-        epochs = int(hps.train.epochs)
+        log_interval, eval_interval = hps.train.log_interval, hps.train.eval_interval
+        epochs = hps.train.epochs
         logger.info("training on %s, %s, %d process(es), starting at epoch %d step %d",
                     self.device, self.precision.name, self.ctx.world_size, self.epoch, self.global_step)
         from tqdm import tqdm

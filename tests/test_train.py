@@ -21,7 +21,7 @@ import torch
 from modules import losses
 from modules.checkpoint import safe_load
 from modules.config import load_config
-from modules.data import ClipDataset, DataSettings, collate_clips, make_loader, read_f0_file
+from modules.data import ClipDataset, collate_clips, make_loader, read_f0_file
 from modules.errors import DatasetError, TrainingError
 from modules.training import Precision, Trainer, TrainOptions, run_training
 from tests.support.train_data import make_preprocessed_dataset, tiny_discriminator
@@ -66,7 +66,7 @@ def test_dataset_items_are_aligned_and_collated(dataset):
     config, train_list, _ = dataset
     hps = _hps(config)
     hps.model.vol_embedding = True
-    ds = ClipDataset(train_list, DataSettings.from_hparams(hps))
+    ds = ClipDataset(train_list, hps)
     assert len(ds) == 4
     item = ds[0]
     t = item.frames
@@ -113,14 +113,14 @@ def test_length_mismatch_names_the_clip(dataset, tmp_path):
     wav = _copy_clip(Path(train_list.read_text().split()[0]), tmp_path / "alto")
     spec = torch.load(wav.with_suffix(".spec.pt"), weights_only=True)
     torch.save(spec[:, :-5], wav.with_suffix(".spec.pt"))
-    ds = ClipDataset([wav], DataSettings.from_hparams(_hps(config)))
+    ds = ClipDataset([wav], _hps(config))
     with pytest.raises(DatasetError, match=rf"{wav.name}: inconsistent feature lengths.*spec {spec.size(1) - 5}"):
         ds[0]
 
 
 def test_missing_features_and_unknown_speaker_are_reported(dataset, tmp_path):
     config, train_list, _ = dataset
-    settings = DataSettings.from_hparams(_hps(config))
+    settings = _hps(config)
     wav = _copy_clip(Path(train_list.read_text().split()[0]), tmp_path / "alto")
     Path(f"{wav}.soft.pt").unlink()
     with pytest.raises(DatasetError, match=r"(?s)1 feature file\(s\) missing.*alto_\d+\.wav\.soft\.pt"):
@@ -132,7 +132,7 @@ def test_missing_features_and_unknown_speaker_are_reported(dataset, tmp_path):
 
 def test_distributed_sampler_gives_ranks_disjoint_data(dataset):
     config, train_list, _ = dataset
-    ds = ClipDataset(train_list, DataSettings.from_hparams(_hps(config)))
+    ds = ClipDataset(train_list, _hps(config))
     seen = []
     for rank in range(2):
         loader, sampler = make_loader(ds, batch_size=1, rank=rank, world_size=2, seed=3)
