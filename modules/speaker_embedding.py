@@ -12,10 +12,11 @@ loud voicing) keeps the same frames; embeddings of untrimmed audio match the pac
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -61,6 +62,10 @@ class SpeakerEncoder(nn.Module):
     @torch.inference_mode()
     def embed_utterance(self, wav16: np.ndarray) -> np.ndarray:
         """Unit-length embedding [256] of preprocessed 16 kHz audio (see `preprocess`)."""
+        with single_thread():
+            return self._embed_utterance(wav16)
+
+    def _embed_utterance(self, wav16: np.ndarray) -> np.ndarray:
         wav16 = np.asarray(wav16, dtype=np.float32)
         slices = partial_slices(len(wav16))
         needed = slices[-1][1] * HOP
@@ -81,6 +86,18 @@ class SpeakerEncoder(nn.Module):
         embeds = np.stack([self.embed(audio, sr) for audio, sr in clips])
         mean = embeds.mean(axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread: an LSTM is 160 small sequential matrix products per layer, which
+    extra threads only slow down (measured on a busy 2-core machine: 0.06 s on one thread, 15 s on two)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def mel_frames(wav16: np.ndarray) -> np.ndarray:

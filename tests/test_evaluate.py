@@ -19,6 +19,17 @@ from tests.support.h6_models import TinyProject, write_tiny_project
 from tests.support.voices import synth_singing
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The tiny conversions are many small kernels; on a shared 2-core machine a second thread only waits.
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def alto() -> np.ndarray:
     return synth_singing("alto", 2.5, seed=11).audio
