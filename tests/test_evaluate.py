@@ -189,6 +189,16 @@ def test_quality_scores_of_a_converted_file(project, tmp_path):
     assert scores["f0_rmse_cents"] == pytest.approx(0.0, abs=1e-6) and scores["dnsmos_ovrl"] > 1.0
 
 
+def test_quickstart_scores_table_for_its_converted_phrase(project):
+    from modules.quickstart import QuickstartSettings, _scores_table
+
+    song = project.root / "raw" / "song.wav"
+    table = _scores_table(QuickstartSettings(), song, song, project.root / "dataset" / "44k" / "bass").splitlines()
+    assert len(table) == 3 and table[2].split()[0] == "trained"
+    assert table[2].split()[2] == "1.000"  # the phrase against itself as the source: full leak
+    assert _scores_table(QuickstartSettings(), project.root / "missing.wav", song, project.root) == ""
+
+
 @pytest.mark.parametrize("args, message", [
     (["-s", "tenor"], "reference folder not found"),
     (["-s", "soprano"], "speaker 'soprano' has no clips"),
