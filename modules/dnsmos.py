@@ -61,7 +61,7 @@ class Dnsmos:
         for name, path in (("p835", p835_path), ("p808", p808_path)):
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own untyped errors for unreadable models
+            except Exception as e:  # noqa: BLE001 - onnxruntime's load errors derive from Exception only
                 raise CheckpointError(f"{path}: not a readable DNSMOS ONNX model ({str(e).splitlines()[0]})") from None
         self.inputs = {name: s.get_inputs()[0].name for name, s in self.sessions.items()}
 

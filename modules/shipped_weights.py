@@ -16,7 +16,7 @@ def package_file(package: str, relative: str, what: str) -> Path:
     """Path of `relative` inside installed `package`; PretrainedFileMissing when either is absent."""
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        path = Path(next(iter(spec.submodule_search_locations))) / relative
         if path.is_file():
             return path
         missing = path

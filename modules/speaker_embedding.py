@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.ndimage

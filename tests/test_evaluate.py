@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +76,22 @@ def test_dnsmos_gives_the_speechmos_package_scores():
     assert ours.bak == pytest.approx(theirs["bak_mos"], abs=1e-4)
     assert ours.ovrl == pytest.approx(theirs["ovrl_mos"], abs=1e-4)
     assert ours.p808 == pytest.approx(theirs["p808_mos"], abs=1e-4)
+
+
+def test_unreadable_or_missing_metric_weights_are_one_line_errors(tmp_path):
+    from modules.dnsmos import Dnsmos
+    from modules.errors import CheckpointError, PretrainedFileMissing
+    from modules.shipped_weights import package_file
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="junk.onnx: not a readable DNSMOS ONNX model") as info:
+        Dnsmos(junk, junk)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PretrainedFileMissing, match="requirements-weights.txt"):
+        package_file("speechmos", "dnsmos_models/absent.onnx", "DNSMOS")
+    with pytest.raises(PretrainedFileMissing, match="no_such_weights_package"):
+        package_file("no_such_weights_package", "w.pt", "DNSMOS")
 
 
 # ----------------------------------------------------------------------------------- metrics
