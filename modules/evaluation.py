@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -367,9 +367,17 @@ def quality_scores(converted: str | os.PathLike, references: Sequence[str | os.P
                    source: str | os.PathLike | None = None, transpose: float = 0.0, f0_predictor: str = "pm",
                    device: str = "cpu") -> dict[str, float | None]:
     """One converted file's scores (the keys of METRICS), e.g. for the quick-start's summary."""
+    return compare_outputs({"converted": converted}, references, source, transpose, f0_predictor, device)[0][1]
+
+
+def compare_outputs(outputs: Mapping[str, str | os.PathLike], references: Sequence[str | os.PathLike],
+                    source: str | os.PathLike | None = None, transpose: float = 0.0, f0_predictor: str = "pm",
+                    device: str = "cpu") -> list[tuple[str, dict[str, float | None]]]:
+    """(label, scores) per converted file of one source, e.g. an untrained and a trained model's outputs;
+    the reference embedding is computed once. The result goes straight into `format_table`."""
     evaluator = Evaluator(references, f0_predictor=f0_predictor, device=device)
     sources = [Source(Path(source), transpose)] if source is not None else None
-    return evaluate_files([converted], evaluator, sources).summary()
+    return [(label, evaluate_files([path], evaluator, sources, label).summary()) for label, path in outputs.items()]
 
 
 # ----------------------------------------------------------------------------------- output
@@ -379,11 +387,17 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
 
 
-def format_table(rows: Iterable[Row | tuple[str, dict[str, float | None]]]) -> str:
-    """Plain-text table, one line per row; rows are Row objects or (label, summary) pairs."""
+def format_table(rows: Iterable[Row | tuple[str, Mapping[str, float | None]]],
+                 extra_columns: Sequence[tuple[str, str, str]] = ()) -> str:
+    """Plain-text table, one line per row; rows are Row objects or (label, summary) pairs.
+
+    `extra_columns` (title, key, format) append scores computed elsewhere, e.g. ("MCD↓", "mcd", "{:.2f}")
+    for a summary that also holds "mcd".
+    """
     items = [(r.label, r.summary()) if isinstance(r, Row) else r for r in rows]
-    header = ["row"] + [title for title, _, _ in COLUMNS]
-    lines = [[label] + [_cell(summary.get(key), fmt) for _, key, fmt in COLUMNS] for label, summary in items]
+    columns = (*COLUMNS, *extra_columns)
+    header = ["row"] + [title for title, _, _ in columns]
+    lines = [[label] + [_cell(summary.get(key), fmt) for _, key, fmt in columns] for label, summary in items]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
 
     def render(cells: list[str]) -> str:

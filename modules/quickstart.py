@@ -206,21 +206,22 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
     converted = outputs[-1]
 
     accuracy, plot = evaluate_conversion(settings, converted, work / "results", demo, encoder)
-    table = _scores_table(settings, converted, heldout, dataset / TARGET_SPEAKER)
+    table = _scores_table(settings, {"trained": converted}, heldout, dataset / TARGET_SPEAKER)
     return QuickstartResult(converted, plot, checkpoint, accuracy, demo, time.perf_counter() - started, table)
 
 
-def _scores_table(settings: QuickstartSettings, converted: Path, heldout: Path, references: Path) -> str:
-    """evaluate.py's scores of the trained model's output; the quick-start goes on without them."""
-    from modules.evaluation import audio_files, format_table, quality_scores
+def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldout: Path, references: Path) -> str:
+    """evaluate.py's scores of each labelled output of the held-out phrase, one row each (e.g. untrained and
+    trained); the quick-start goes on without them."""
+    from modules.evaluation import audio_files, compare_outputs, format_table
 
     try:
-        scores = quality_scores(converted, audio_files(references), source=heldout, transpose=TRANSPOSE,
-                                f0_predictor=MEASURE_PREDICTOR, device=settings.device)
+        rows = compare_outputs(outputs, audio_files(references), source=heldout, transpose=TRANSPOSE,
+                               f0_predictor=MEASURE_PREDICTOR, device=settings.device)
     except SvcError as e:
         logger.warning("quality scores skipped: %s", e)
         return ""
-    return format_table([("trained", scores)])
+    return format_table(rows)
 
 
 def evaluate_conversion(settings: QuickstartSettings, converted: Path, out_dir: Path, demo: bool,

@@ -156,9 +156,10 @@ def test_sweep_gives_every_combination():
 
 
 def test_table_has_one_line_per_row_and_dashes_for_missing_scores():
-    rows = [Row("a"), ("b", {"secs_target": 0.5, "rtf": 0.25})]
-    lines = format_table(rows).splitlines()
-    assert len(lines) == 4 and lines[3].split()[:2] == ["b", "0.500"] and lines[3].split()[-1] == "0.25"
+    rows = [Row("a"), ("b", {"secs_target": 0.5, "rtf": 0.25, "mcd": 6.125})]
+    lines = format_table(rows, extra_columns=[("MCD↓", "mcd", "{:.2f}")]).splitlines()
+    assert lines[0].split()[-1] == "MCD↓"
+    assert len(lines) == 4 and lines[3].split()[:2] == ["b", "0.500"] and lines[3].split()[-2:] == ["0.25", "6.12"]
     assert set(lines[2].split()[1:]) == {"-"}
 
 
@@ -208,10 +209,13 @@ def test_quickstart_scores_table_for_its_converted_phrase(project):
     from modules.quickstart import QuickstartSettings, _scores_table
 
     song = project.root / "raw" / "song.wav"
-    table = _scores_table(QuickstartSettings(), song, song, project.root / "dataset" / "44k" / "bass").splitlines()
-    assert len(table) == 3 and table[2].split()[0] == "trained"
+    bass = project.root / "dataset" / "44k" / "bass"
+    table = _scores_table(QuickstartSettings(), {"untrained": song, "trained": bass / "bass_000.wav"}, song,
+                          bass).splitlines()
+    assert len(table) == 4 and [line.split()[0] for line in table[2:]] == ["untrained", "trained"]
     assert table[2].split()[2] == "1.000"  # the phrase against itself as the source: full leak
-    assert _scores_table(QuickstartSettings(), project.root / "missing.wav", song, project.root) == ""
+    assert table[3].split()[1] == "1.000"  # the target's own clip against its references
+    assert _scores_table(QuickstartSettings(), {"trained": project.root / "missing.wav"}, song, project.root) == ""
 
 
 @pytest.mark.parametrize("args, message", [
