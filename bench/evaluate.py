@@ -10,25 +10,21 @@ this: that is bench/infer.py.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from modules.dnsmos import load_dnsmos  # noqa: E402
-from modules.evaluation import Evaluator  # noqa: E402
-from modules.speaker_embedding import load_speaker_encoder  # noqa: E402
-from modules.synthetic_voices import synth_singing  # noqa: E402
+from modules.dnsmos import load_dnsmos
+from modules.evaluation import Evaluator
+from modules.speaker_embedding import load_speaker_encoder
+from modules.synthetic_voices import synth_singing
 
 
-def _timed(fn) -> float:
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
     started = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - started
 
 
@@ -52,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         voice = synth_singing("alto", seconds, seed=1)
         audio, sr = voice.audio, voice.sr
         duration = len(audio) / sr
-        secs = _timed(lambda: load_speaker_encoder().embed(audio, sr)) / duration
-        mos = _timed(lambda: load_dnsmos().score(audio, sr)) / duration
-        f0 = _timed(lambda: (evaluator.measure_f0(audio, sr), evaluator.measure_f0(audio, sr))) / duration
+        secs = _timed(load_speaker_encoder().embed, audio, sr) / duration
+        mos = _timed(load_dnsmos().score, audio, sr) / duration
+        f0 = 2 * _timed(evaluator.measure_f0, audio, sr) / duration  # source and output
         # Per converted file evaluate.py embeds the output and the source: two embeddings.
         total = 2 * secs + mos + f0
         print(f"{duration:8.1f}  {secs:9.4f}  {mos:10.4f}  {f0:7.4f}  {total:9.4f}")
