@@ -162,6 +162,7 @@ class Evaluator:
         self.use_secs = speaker_similarity
         self._target: np.ndarray | None = None
         self._predictor: Any = None
+        self._source_cache: dict[str, dict[str, np.ndarray]] = {}
 
     @property
     def encoder(self):
@@ -189,9 +190,21 @@ class Evaluator:
 
         return self._predictor.compute_f0(resample(audio, sr, MEASURE_SR))
 
+    def _source_feature(self, key: str | None, kind: str, compute: Any) -> np.ndarray:
+        """A source's embedding or F0, kept under `key` when given (the same source in several rows)."""
+        if key is None:
+            return compute()
+        cached = self._source_cache.setdefault(key, {})
+        if kind not in cached:
+            cached[kind] = compute()
+        return cached[kind]
+
     def score(self, name: str, output: np.ndarray, sr: int, source: np.ndarray | None = None,
-              source_sr: int | None = None, transpose: float = 0.0) -> FileScores:
-        """Scores of one converted clip; the source (with the transposition applied) enables F0 and leak."""
+              source_sr: int | None = None, transpose: float = 0.0, source_key: str | None = None) -> FileScores:
+        """Scores of one converted clip; the source (with the transposition applied) enables F0 and leak.
+
+        `source_key` names the source so its embedding and F0 are computed once across rows.
+        """
         scores = FileScores(name, len(output) / sr)
         if self.use_secs:
             embedding = self.encoder.embed(output, sr)
@@ -199,7 +212,9 @@ class Evaluator:
             if target is not None:
                 scores.secs_target = _cosine(embedding, target)
             if source is not None:
-                scores.secs_source = _cosine(embedding, self.encoder.embed(source, source_sr))
+                source_embedding = self._source_feature(source_key, "embedding",
+                                                        lambda: self.encoder.embed(source, source_sr))
+                scores.secs_source = _cosine(embedding, source_embedding)
         if self.use_dnsmos:
             from modules.dnsmos import load_dnsmos
 
@@ -207,7 +222,8 @@ class Evaluator:
             scores.dnsmos_sig, scores.dnsmos_bak, scores.dnsmos_ovrl, scores.dnsmos_p808 = (
                 mos.sig, mos.bak, mos.ovrl, mos.p808)
         if source is not None:
-            requested = self.measure_f0(source, source_sr) * float(2.0 ** (transpose / 12.0))
+            source_f0 = self._source_feature(source_key, "f0", lambda: self.measure_f0(source, source_sr))
+            requested = source_f0 * float(2.0 ** (transpose / 12.0))
             f0 = f0_scores(requested, self.measure_f0(output, sr))
             scores.f0_corr, scores.f0_rmse_hz, scores.f0_rmse_cents = f0.corr, f0.rmse_hz, f0.rmse_cents
             scores.vde, scores.f0_frames = f0.vde, f0.frames
@@ -293,7 +309,15 @@ def parse_sweep(specs: Sequence[str]) -> list[dict[str, Any]]:
             raise InferenceError(f"--sweep '{spec}': write NAME=V1,V2,... (e.g. noise_scale=0,0.4)")
         if key not in known:
             raise InferenceError(f"--sweep: unknown option '{key}'; choose one of {', '.join(sorted(known))}")
-        axes.append([(key, _parse_value(key, v, known[key])) for v in values.split(",")])
+        axis = [(key, _parse_value(key, v, known[key])) for v in values.split(",")]
+        if key == "f0_predictor":
+            from modules.pitch import PREDICTOR_NAMES
+
+            unknown = [v for _, v in axis if v not in PREDICTOR_NAMES]
+            if unknown:
+                raise InferenceError(f"--sweep f0_predictor: unknown predictor '{unknown[0]}'; choose one of "
+                                     f"{', '.join(PREDICTOR_NAMES)}")
+        axes.append(axis)
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -338,7 +362,8 @@ def evaluate_models(models: Sequence[str | os.PathLike], config: str | os.PathLi
 
                 save_audio(Path(save_dir) / f"{row.label.replace(' ', '_').replace('/', '_')}_{src.path.stem}.wav",
                            converted, engine.sr)
-            scores = evaluator.score(src.path.name, converted, engine.sr, audio, sr, options.transpose)
+            scores = evaluator.score(src.path.name, converted, engine.sr, audio, sr, options.transpose,
+                                     source_key=str(src.path))
             scores.convert_seconds = elapsed
             row.files.append(scores)
             bar.update(1)

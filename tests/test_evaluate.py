@@ -151,6 +151,8 @@ def test_sweep_gives_every_combination():
     assert parse_sweep(["transpose=-12,0"]) == [{"transpose": -12}, {"transpose": 0}]
     with pytest.raises(InferenceError, match="unknown option 'cluster_infer_ratio'"):
         parse_sweep(["cluster_infer_ratio=0,1"])
+    with pytest.raises(InferenceError, match="unknown predictor 'yin'"):
+        parse_sweep(["f0_predictor=pm,yin"])
     with pytest.raises(InferenceError, match="not a valid float"):
         parse_sweep(["noise_scale=a"])
 
