@@ -1,9 +1,9 @@
 """Objective conversion quality on the user's own model: speaker similarity, DNSMOS, F0 accuracy, speed.
 
     evaluator = Evaluator(reference_clips("bass"))
-    row = evaluate_model("logs/44k/G_8000.pth", "logs/44k/config.json", [Source(Path("song.wav"))],
-                         ConvertOptions(speaker="bass"), evaluator)
-    print(format_table([row]))
+    rows = evaluate_models(["logs/44k/G_8000.pth"], "logs/44k/config.json", [Source(Path("song.wav"), -12)],
+                           ConvertOptions(speaker="bass"), evaluator, parse_sweep(["noise_scale=0,0.4"]))
+    print(format_table(rows))
 
 Per converted file:
 - SECS to the target: cosine between the output's speaker embedding and the normalised mean embedding
