@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from modules.audio import resample
 from modules.errors import DatasetError, InferenceError
 from modules.evaluation import Evaluator, Row, f0_scores, format_table, parse_sweep, quality_scores, reference_clips
 from tests.support.h6_models import TinyProject, write_tiny_project
-from tests.support.voices import synth_singing
+from tests.support.voices import Note, synth_notes, synth_singing
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,18 +50,41 @@ def project(tmp_path_factory) -> TinyProject:
 # ----------------------------------------------------------------------------------- against the packages
 
 
-def test_speaker_encoder_gives_the_resemblyzer_package_embeddings(monkeypatch):
-    # The package imports the compiled webrtcvad at import time, used only by its silence trimming;
-    # embedding untrimmed audio does not touch it.
-    monkeypatch.setitem(sys.modules, "webrtcvad", types.ModuleType("webrtcvad"))
+def _phrase_with_pauses() -> np.ndarray:
+    notes = [Note(60, 1.0), Note(0, 1.5), Note(62, 1.0, "o"), Note(0, 0.8), Note(64, 1.0, "e", True)]
+    return resample(synth_notes(notes, "alto", seed=4).audio, 44100, 16000)
+
+
+def test_speaker_encoder_gives_the_resemblyzer_package_embeddings():
+    pytest.importorskip("webrtcvad")
     resemblyzer = pytest.importorskip("resemblyzer")
-    from modules.speaker_embedding import load_speaker_encoder
+    from modules.speaker_embedding import load_speaker_encoder, preprocess
 
     ours = load_speaker_encoder()
     theirs = resemblyzer.VoiceEncoder(device="cpu", verbose=False)
     for speaker, seconds in (("bass", 1.0), ("soprano", 2.3)):
         wav16 = resample(synth_singing(speaker, seconds, seed=5).audio, 44100, 16000)
         np.testing.assert_allclose(ours.embed_utterance(wav16), theirs.embed_utterance(wav16), atol=1e-5)
+    wav16 = _phrase_with_pauses()
+    trimmed = resemblyzer.preprocess_wav(wav16)
+    assert len(trimmed) < len(wav16) - 16000  # the 1.5 s pause was shortened
+    np.testing.assert_array_equal(preprocess(wav16, 16000), trimmed)
+
+
+def test_energy_voice_detection_stands_in_without_webrtcvad(monkeypatch, caplog):
+    from modules.speaker_embedding import _warn_energy_vad, load_speaker_encoder, preprocess
+
+    wav16 = _phrase_with_pauses()
+    with_webrtc = preprocess(wav16, 16000)
+    monkeypatch.setitem(sys.modules, "webrtcvad", None)  # import now fails
+    _warn_energy_vad.cache_clear()
+    with caplog.at_level("WARNING"):
+        energy = preprocess(wav16, 16000)
+    assert "webrtcvad is not installed" in caplog.text
+    assert len(energy) < len(wav16) - 16000
+    encoder = load_speaker_encoder()
+    similarity = float(np.dot(encoder.embed_utterance(energy), encoder.embed_utterance(with_webrtc)))
+    assert similarity > 0.95
 
 
 def test_dnsmos_gives_the_speechmos_package_scores():
