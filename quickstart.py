@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  converted: {result.converted}")
     print(f"  F0 plot:   {result.plot}")
     print(f"  output F0 within 50 cents of the request on {result.accuracy_50c:.0%} of voiced frames")
+    if result.scores_table:
+        print("\nQuality scores (python evaluate.py; see README, 'Measuring quality'):\n" + result.scores_table)
     return 0
 
 

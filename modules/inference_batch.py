@@ -7,6 +7,7 @@ ones repeat the first). Results go to results/{name}_{key}_{spk}_sovits_{f0p}.{w
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -17,9 +18,10 @@ from typing import Sequence
 from tqdm import tqdm
 
 from modules.audio import AUDIO_EXTENSIONS, save_audio
-from modules.errors import InferenceError
+from modules.errors import ConfigError, InferenceError
 from modules.inference import ConvertOptions, SvcEngine
 from modules.inference_plan import output_name
+from modules.pitch import PREDICTOR_NAMES
 from modules.speaker_mix import load_spk_mix
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,47 @@ class BatchRequest:
     fast: bool = False
     pretrain_dir: str | os.PathLike | None = None
     show_progress: bool = True
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that shape one conversion, shared by inference_main.py and evaluate.py (names, meanings
+    and defaults as so-vits-svc 4.1's inference_main.py)."""
+    p.add_argument("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = only cut at silences")
+    p.add_argument("-a", "--auto_predict_f0", action="store_true",
+                   help="use the model's f0 decoder (speech only; transposition then has no effect)")
+    p.add_argument("-lg", "--linear_gradient", type=float, default=0,
+                   help="overlap and crossfade between forced slices, in seconds (with -cl)")
+    p.add_argument("-f0p", "--f0_predictor", default="pm", choices=PREDICTOR_NAMES, help="F0 predictor (default pm)")
+    p.add_argument("-lea", "--loudness_envelope_adjustment", type=float, default=1,
+                   help="1 keeps the output's loudness envelope, 0 imposes the input's, in between mixes")
+    p.add_argument("-sd", "--slice_db", type=float, default=-40, help="silence threshold in dBFS for slicing (default -40)")
+    p.add_argument("-d", "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("-ns", "--noice_scale", type=float, default=0.4,
+                   help="prior noise scale (spelled as in the original; default 0.4)")
+    p.add_argument("-p", "--pad_seconds", type=float, default=0.5,
+                   help="silence padded on both sides of each slice, in seconds (default 0.5)")
+    p.add_argument("-lgr", "--linear_gradient_retain", type=float, default=0.75,
+                   help="fraction of the -lg overlap that is blended (0 < lgr <= 1, default 0.75)")
+    p.add_argument("-ft", "--f0_filter_threshold", type=float, default=0.05,
+                   help="voicing threshold of the crepe, rmvpe and fcpe predictors (default 0.05)")
+    p.add_argument("--raw_dir", default="raw", help="folder bare -n names are looked up in (default raw)")
+    p.add_argument("--pretrain_dir", default="pretrain", help="folder with the speech encoder's weights (default pretrain)")
+    p.add_argument("--fast", action="store_true", help="reduced-precision synthesis (bf16 on CPU, fp16 on GPU)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def convert_options(args: argparse.Namespace) -> ConvertOptions:
+    """ConvertOptions from the flags of `add_convert_arguments`; ConfigError for values out of range."""
+    if not 0 < args.linear_gradient_retain <= 1:
+        raise ConfigError(f"-lgr must be in (0, 1], got {args.linear_gradient_retain}")
+    if args.clip < 0 or args.linear_gradient < 0 or args.pad_seconds < 0:
+        raise ConfigError("-cl, -lg and -p must not be negative")
+    return ConvertOptions(
+        clip_seconds=args.clip, linear_gradient=args.linear_gradient,
+        linear_gradient_retain=args.linear_gradient_retain, pad_seconds=args.pad_seconds, slice_db=args.slice_db,
+        auto_predict_f0=args.auto_predict_f0, f0_predictor=args.f0_predictor, f0_threshold=args.f0_filter_threshold,
+        noise_scale=args.noice_scale, loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+    )
 
 
 def audio_files(folder: Path) -> list[Path]:

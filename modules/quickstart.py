@@ -56,6 +56,7 @@ class QuickstartResult:
     accuracy_50c: float  # fraction of voiced frames whose output F0 is within 50 cents of the request
     demo_encoder: bool
     seconds: float
+    scores_table: str = ""  # evaluate.py's scores of the converted phrase (empty when they could not run)
 
 
 def _run(stage: str, args: list[str]) -> None:
@@ -205,7 +206,22 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
     converted = outputs[-1]
 
     accuracy, plot = evaluate_conversion(settings, converted, work / "results", demo, encoder)
-    return QuickstartResult(converted, plot, checkpoint, accuracy, demo, time.perf_counter() - started)
+    table = _scores_table(settings, {"trained": converted}, heldout, dataset / TARGET_SPEAKER)
+    return QuickstartResult(converted, plot, checkpoint, accuracy, demo, time.perf_counter() - started, table)
+
+
+def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldout: Path, references: Path) -> str:
+    """evaluate.py's scores of each labelled output of the held-out phrase, one row each (e.g. untrained and
+    trained); the quick-start goes on without them."""
+    from modules.evaluation import audio_files, compare_outputs, format_table
+
+    try:
+        rows = compare_outputs(outputs, audio_files(references), source=heldout, transpose=TRANSPOSE,
+                               f0_predictor=MEASURE_PREDICTOR, device=settings.device)
+    except SvcError as e:
+        logger.warning("quality scores skipped: %s", e)
+        return ""
+    return format_table(rows)
 
 
 def evaluate_conversion(settings: QuickstartSettings, converted: Path, out_dir: Path, demo: bool,

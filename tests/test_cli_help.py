@@ -13,7 +13,7 @@ SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if 'if __name__ == "__main__"
 
 def test_the_pipeline_scripts_are_found():
     assert {"resample.py", "preprocess_flist_config.py", "preprocess_hubert_f0.py", "train.py", "inference_main.py",
-            "compress_model.py", "mix_models.py", "quickstart.py"} <= set(SCRIPTS)
+            "compress_model.py", "mix_models.py", "quickstart.py", "evaluate.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
