@@ -9,11 +9,10 @@ otherwise a demo encoder with random weights stands in and says so.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from modules.errors import SvcError
+from modules.cli import run_cli
 from modules.quickstart import QuickstartSettings, run_quickstart
 
 
@@ -36,17 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> None:
     settings = QuickstartSettings(workdir=args.workdir, clips_per_speaker=args.clips, clip_seconds=args.clip_seconds,
                                   steps=args.steps, batch_size=args.batch_size, device=args.device,
                                   f0_predictor=args.f0_predictor, fresh=args.fresh)
-    try:
-        result = run_quickstart(settings)
-    except SvcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = run_quickstart(settings)
     print(f"\nQuick-start finished in {result.seconds / 60:.1f} min.")
     if result.demo_encoder:
         print("NOTE: no pretrained ContentVec was found, so a demo encoder with random weights was used;")
@@ -57,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  output F0 within 50 cents of the request on {result.accuracy_50c:.0%} of voiced frames")
     if result.scores_table:
         print("\nQuality scores (python evaluate.py; see README, 'Measuring quality'):\n" + result.scores_table)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

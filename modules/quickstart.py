@@ -1,8 +1,8 @@
 """The quick-start: the whole pipeline on built-in synthetic singers, on CPU, in about ten minutes.
 
-Every stage runs through the real command-line scripts (resample -> file lists and config ->
-features -> training -> conversion), inside a separate work folder so a user's own dataset,
-configs and logs are never touched. Pretrained files in `pretrain/` are used when present; without
+Every stage runs the same library function as its command-line script (resample -> file lists and
+config -> features -> training -> conversion), inside a separate work folder so a user's own
+dataset, configs and logs are never touched. Pretrained files in `pretrain/` are used when present; without
 them a clearly labelled demo encoder (the real HuBERT architecture at small size with random
 weights) stands in, and the result shows that the pipeline works, not what quality to expect.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from modules.audio import load_audio, save_audio
+from modules.checkpoint import latest_checkpoint_path
 from modules.config import PROJECT_ROOT, load_config, save_config
-from modules.errors import SvcError
+from modules.errors import DatasetError, SvcError
+from modules.flist_config import prepare_flist_config
+from modules.inference import ConvertOptions
+from modules.inference_batch import BatchRequest, convert_batch
+from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
+from modules.resample import ResampleOptions, SkipReason, plan_resample, run_resample, summarise_resample
+from modules.training import TrainOptions, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +64,24 @@ class QuickstartResult:
     scores_table: str = ""  # evaluate.py's scores of the converted phrase (empty when they could not run)
 
 
-def _run(stage: str, args: list[str]) -> None:
-    command = [sys.executable, *args]
-    logger.info("[%s] %s", stage, " ".join(args))
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_ROOT)
-    if done.returncode != 0:
-        raise SvcError(f"stage '{stage}' failed (exit {done.returncode}): {' '.join(command)}")
-    logger.info("[%s] done in %.0f s", stage, time.perf_counter() - started)
+STAGES = ("resample", "file lists and config", "features", "training", "conversion")
+
+
+class _Stage:
+    """Logs "stage k/n: name" on entry and the time it took on exit, so the whole job's progress shows."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.index = name, STAGES.index(name) + 1
+
+    def __enter__(self) -> "_Stage":
+        logger.info("stage %d/%d: %s", self.index, len(STAGES), self.name)
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            logger.info("stage %d/%d: %s done in %.0f s", self.index, len(STAGES), self.name,
+                        time.perf_counter() - self.started)
 
 
 def _pick_f0_predictor(requested: str | None) -> str:
@@ -166,44 +181,44 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
                        "weights). The pipeline runs end to end, but quality is not representative.")
 
     _write_singers(settings, raw_root, heldout)
-    _run("resample", ["resample.py", "--in_dir", str(raw_root), "--out_dir2", str(dataset), "--no_progress"])
-    config_path = configs / "config.json"
-    if not config_path.exists():
-        _run("file lists and config", [
-            "preprocess_flist_config.py", "--source_dir", str(dataset), "--speech_encoder", encoder, "--tiny",
-            "--train_list", str(filelists / "train.txt"), "--val_list", str(filelists / "val.txt"),
-            "--config_out", str(config_path), "--diffusion_out", str(configs / "diffusion.yaml"),
-        ])
-        hps = load_config(config_path)
-        hps.train.batch_size = settings.batch_size
-        hps.train.segment_size = settings.segment_size
-        hps.train.eval_interval = settings.steps  # evaluate at the start and the end only
-        hps.train.log_interval = 20
-        hps.train.keep_ckpts = 2
-        save_config(hps, config_path)
-    _run("features", [
-        "preprocess_hubert_f0.py", "--in_dir", str(dataset), "--f0_predictor", f0_predictor,
-        "--config", str(config_path), "--diffusion_config", str(configs / "diffusion.yaml"),
-        "--pretrain_dir", str(pretrain_dir), "-d", settings.device,
-    ])
-    _run("training", [
-        "train.py", "-c", str(config_path), "-m", "44k", "--logs_root", str(logs), "--max_steps", str(settings.steps),
-        "--device", settings.device, "--eval_items", "1",
-    ])
+    with _Stage("resample"):
+        jobs, refused = plan_resample(raw_root, dataset)
+        results = run_resample(jobs, ResampleOptions(), num_processes=1, progress=False)
+        unusable = [r for r in refused + results if r.skipped and r.reason is not SkipReason.DONE]
+        if unusable:
+            raise DatasetError(f"the synthetic singers could not be prepared:\n{summarise_resample(refused + results)}")
+    config_path, diffusion_path = configs / "config.json", configs / "diffusion.yaml"
+    with _Stage("file lists and config"):
+        if not config_path.exists():
+            prepare_flist_config(source_dir=str(dataset), train_list=str(filelists / "train.txt"),
+                                 val_list=str(filelists / "val.txt"), config_out=str(config_path),
+                                 diffusion_out=str(diffusion_path), speech_encoder=encoder, tiny=True)
+            hps = load_config(config_path)
+            hps.train.batch_size = settings.batch_size
+            hps.train.segment_size = settings.segment_size
+            hps.train.eval_interval = settings.steps  # evaluate at the start and the end only
+            hps.train.log_interval = 20
+            hps.train.keep_ckpts = 2
+            save_config(hps, config_path)
+    with _Stage("features"):
+        features = PreprocessSettings.from_configs(config_path, diffusion_path, f0_predictor, use_diff=False,
+                                                   pretrain_dir=str(pretrain_dir))
+        report = run_preprocess(find_clips(dataset), features, num_processes=1, device=settings.device)
+        if report.failed:
+            raise DatasetError(f"features failed for {len(report.failed)} clip(s), e.g. {report.failed[0][0]}: "
+                               f"{report.failed[0][1]}")
     model_dir = logs / "44k"
-    from modules.checkpoint import latest_checkpoint_path
-
+    with _Stage("training"):
+        run_training(config_path, model_dir, TrainOptions(device=settings.device, max_steps=settings.steps,
+                                                          eval_items=1))
     checkpoint = Path(latest_checkpoint_path(model_dir, "G_*.pth"))
-    results = work / "results"
-    _run("conversion", [
-        "inference_main.py", "-m", str(checkpoint), "-c", str(model_dir / "config.json"), "-n", str(heldout),
-        "-t", str(TRANSPOSE), "-s", TARGET_SPEAKER, "-f0p", f0_predictor, "-wf", "wav",
-        "--pretrain_dir", str(pretrain_dir), "--results_dir", str(results), "-d", settings.device, "--no_progress",
-    ])
-    outputs = sorted(results.glob(f"{heldout.name}_*{TARGET_SPEAKER}*.wav"), key=lambda p: p.stat().st_mtime)
-    if not outputs:
-        raise SvcError(f"conversion wrote no file matching {results}/{heldout.name}_*.wav")
-    converted = outputs[-1]
+    with _Stage("conversion"):
+        options = ConvertOptions(f0_predictor=f0_predictor)
+        (converted,) = convert_batch(BatchRequest(
+            model_path=checkpoint, config_path=model_dir / "config.json", names=[str(heldout)],
+            transposes=[TRANSPOSE], speakers=[TARGET_SPEAKER], options=options, results_dir=work / "results",
+            wav_format="wav", device=settings.device, pretrain_dir=pretrain_dir, show_progress=False,
+        ))
 
     accuracy, plot = evaluate_conversion(settings, converted, work / "results", demo, encoder)
     table = _scores_table(settings, {"trained": converted}, heldout, dataset / TARGET_SPEAKER)
