@@ -23,16 +23,12 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from tests.support import encoder_files as ef  # noqa: E402
-from tests.support.h2_checkpoints import write_fairseq_hubert, write_hubert_soft  # noqa: E402
-from vencoder import SPEECH_ENCODERS, clear_cache, get_speech_encoder  # noqa: E402
-from vencoder.hubert import HubertConfig, HubertModel  # noqa: E402
+from vencoder import SPEECH_ENCODERS, clear_cache, get_speech_encoder
+from vencoder import random_weights as ef
+from vencoder.fairseq_writer import write_fairseq_hubert, write_hubert_soft
+from vencoder.hubert import HubertConfig, HubertModel
 
 logger = logging.getLogger("bench.encoders")
 

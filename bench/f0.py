@@ -1,9 +1,9 @@
 """F0 predictor benchmark on synthetic singing with a known contour.
 
-    python bench/f0.py                 # every predictor, a bass and a soprano clip, about 1-3 minutes on CPU
+    python -m bench.f0                 # every predictor, a bass and a soprano clip, about 1-3 minutes on CPU
 
-Voices come from tests/support/voices.py (random melodies with octave leaps, glides, vibrato,
-consonant noise bursts and pauses), with note loudness evened out (tests/support/h3a_voices.py)
+Voices come from modules/synthetic_voices.py (random melodies with octave leaps, glides, vibrato,
+consonant noise bursts and pauses), with note loudness evened out (balanced_singing)
 because the generator's formant filter alone makes notes differ by 30-50 dB. Scores, over frames
 that are not within 2 frames of a voicing change:
 
@@ -29,18 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tqdm import tqdm  # noqa: E402
-
-import modules.features  # noqa: E402,F401  (torch/librosa import up front, not billed to the first predictor)
-from modules.fileio import write_text  # noqa: E402
-from modules.pitch.base import PREDICTOR_NAMES, F0Predictor, get_f0_predictor  # noqa: E402
-from tests.support.h3a_voices import balanced_singing, pause_frames  # noqa: E402
-from tests.support.voices import SyntheticVoice, synth_singing  # noqa: E402
+import modules.features  # noqa: F401  (torch/librosa import up front, not billed to the first predictor)
+from modules.config import PROJECT_ROOT
+from modules.fileio import write_text
+from modules.pitch.base import PREDICTOR_NAMES, F0Predictor, get_f0_predictor
+from modules.synthetic_voices import SyntheticVoice, balanced_singing, pause_frames, synth_singing
 
 logger = logging.getLogger("bench.f0")
 
@@ -214,7 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds per voice for slow predictors (CREPE full); their time is scaled (default 2.5)")
     parser.add_argument("--predictors", default=None,
                         help="comma-separated subset, e.g. pm,dio,rmvpe (default: all, crepe-tiny included)")
-    parser.add_argument("--rmvpe-path", type=Path, default=ROOT / "pretrain" / "rmvpe.pt",
+    parser.add_argument("--rmvpe-path", type=Path, default=PROJECT_ROOT / "pretrain" / "rmvpe.pt",
                         help="RMVPE weights; if missing, a random-weight network is timed (accuracy meaningless)")
     parser.add_argument("--raw-levels", action="store_true",
                         help="keep voices.py's uneven note loudness instead of evening the notes out")

@@ -1,11 +1,11 @@
 """Inference speed and memory of the synthesizer for the default config (random weights).
 
-    python bench/infer.py                      # 10 s, 60 s, 10 min; fp32 and fast (bf16 autocast); 2 threads
-    python bench/infer.py --skip-long          # without the 10-minute case (it takes minutes on a CPU)
-    python bench/infer.py --device cuda        # GPU timings (peak memory = torch's max allocated)
+    python -m bench.infer                      # 10 s, 60 s, 10 min; fp32 and fast (bf16 autocast); 2 threads
+    python -m bench.infer --skip-long          # without the 10-minute case (it takes minutes on a CPU)
+    python -m bench.infer --device cuda        # GPU timings (peak memory = torch's max allocated)
 
 Measures SvcEngine.synthesize (text encoder, prior noise, excitation, chunked flow + decoder) on
-continuous voice: units are random, F0 is a synthetic melody without pauses (tests/support/voices),
+continuous voice: units are random, F0 is a synthetic melody without pauses (modules/synthetic_voices.py),
 so one piece spans the whole duration (no silence slicing). The F0 predictor and the speech encoder
 are not included: their cost depends on which ones you pick. RTF = compute seconds per audio
 second. Each case runs in a fresh process so its peak RSS (resident memory, including the ~200 MB
@@ -20,11 +20,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from modules.config import PROJECT_ROOT
 
 TARGETS = "targets: fp32 RTF <= 0.35 at 10 s and within 1.1x of that at 60 s / 10 min; peak <= 2 GB at 10 min; " \
           "fast RTF <= 0.2 with SNR >= 30 dB vs fp32"
@@ -33,7 +30,7 @@ TARGETS = "targets: fp32 RTF <= 0.35 at 10 s and within 1.1x of that at 60 s / 1
 def _continuous_f0(n_frames: int, sr: int, hop: int, seed: int = 0):
     import numpy as np
 
-    from tests.support.voices import SPEAKERS, midi_to_hz, random_melody
+    from modules.synthetic_voices import SPEAKERS, midi_to_hz, random_melody
 
     rng = np.random.default_rng(seed)
     notes = random_melody(SPEAKERS["alto"], n_frames * hop / sr + 1.0, rng, pause_prob=0.0, consonant_prob=0.0)
@@ -139,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     for seconds in durations:
         for mode in args.modes:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--case", str(seconds), mode, "--device", args.device,
+            cmd = [sys.executable, "-m", "bench.infer", "--case", str(seconds), mode, "--device", args.device,
                    "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 print(f"case {seconds} s {mode} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -1,10 +1,10 @@
 """Throughput of the whole preprocessing step (preprocess_hubert_f0) with 1 and 2 processes.
 
-    python bench/preprocess.py                          # fcpe, 8 clips x 4 s, 1 and 2 processes, CPU
-    python bench/preprocess.py --f0_predictor dio       # another predictor
-    python bench/preprocess.py --use_diff --device cuda
+    python -m bench.preprocess                          # fcpe, 8 clips x 4 s, 1 and 2 processes, CPU
+    python -m bench.preprocess --f0_predictor dio       # another predictor
+    python -m bench.preprocess --use_diff --device cuda
 
-Builds a synthetic dataset (tests/support/voices) and a HuBERT-base-sized fairseq checkpoint with
+Builds a synthetic dataset (modules/synthetic_voices.py) and a HuBERT-base-sized fairseq checkpoint with
 random weights (12 layers, 768 wide, 95 M parameters; same cost as ContentVec) in a temporary
 folder, then times `run_preprocess` end to end: process start-up, model loading, audio loading,
 F0, units, spectrogram, volume (and diffusion mels with --use_diff). Reported: audio seconds
@@ -21,10 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup(work: Path, clips: int, seconds: float) -> tuple[Path, Path]:
-    from tests.support.h2_checkpoints import write_fairseq_hubert
-    from tests.support.voices import write_dataset
+    from modules.synthetic_voices import write_dataset
+    from vencoder.fairseq_writer import write_fairseq_hubert
 
     pretrain = work / "pretrain"
     ckpt = pretrain / "checkpoint_best_legacy_500.pt"

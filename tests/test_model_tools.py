@@ -12,7 +12,7 @@ from modules import model_mix
 from modules.errors import CheckpointError, ConfigError
 from modules.inference import SvcEngine
 from modules.model_mix import mix_state_dicts, mix_weights
-from tests.support.h6_models import random_generator, write_generator, write_tiny_project
+from tests.support.tiny_models import random_generator, write_generator, write_tiny_project
 
 
 @pytest.fixture(scope="module")

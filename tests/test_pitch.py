@@ -7,8 +7,7 @@ import pytest
 from modules.errors import SvcError
 from modules.pitch import PREDICTOR_NAMES, get_f0_predictor, interpolate_f0
 from modules.pitch.base import F0Predictor, SilenceGate, pad_centered, resize_nearest, resize_voiced_linear
-from tests.support.h3a_voices import balanced_singing, pause_frames
-from tests.support.voices import Note, synth_notes
+from modules.synthetic_voices import Note, balanced_singing, pause_frames, synth_notes
 
 SR, HOP = 44100, 512
 SIGNAL_PREDICTORS = ("pm", "dio", "harvest")

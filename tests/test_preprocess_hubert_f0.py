@@ -20,9 +20,9 @@ from modules.dataset_files import ClipFiles
 from modules.errors import UnsafeCheckpointError
 from modules.features import nsf_mel, spectrogram, volume
 from modules.safe_numpy import load_aug_mel, load_f0, load_npy, save_f0
-from tests.support.h2_checkpoints import write_fairseq_hubert
-from tests.support.voices import synth_singing, write_dataset
+from modules.synthetic_voices import synth_singing, write_dataset
 from vencoder import clear_cache, get_speech_encoder
+from vencoder.fairseq_writer import write_fairseq_hubert
 
 UNIT_DIM = 16  # final_dim of the small fake checkpoint (vec256l9 -> final_proj)
 

@@ -24,7 +24,7 @@ from modules.resample import (
     trim_silence,
 )
 from modules.slicer import ClipParams
-from tests.support.voices import Note, synth_notes, synth_singing
+from modules.synthetic_voices import Note, synth_notes, synth_singing
 
 SR = 44100
 CEILING = 10 ** (-1 / 20)

@@ -24,8 +24,8 @@ from modules.pitch.rmvpe import (
     load_rmvpe,
     log_mel,
 )
+from modules.synthetic_voices import Note, synth_notes
 from tests.support.sinc_reference import windowed_sinc_reference
-from tests.support.voices import Note, synth_notes
 
 SR, HOP = 44100, 512
 

@@ -6,7 +6,7 @@ import pytest
 
 from modules.errors import ConfigError
 from modules.slicer import ClipParams, Segment, SlicerParams, dataset_clips, frame_rms, slice_audio
-from tests.support.voices import Note, synth_notes
+from modules.synthetic_voices import Note, synth_notes
 
 SR = 16000  # the slicer works at any rate; 16 kHz keeps synthesis cheap
 TOL = 0.05  # seconds: RMS frames are 20 ms apart and 80 ms wide

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from modules.errors import CheckpointError, ConfigError
+from modules.synthetic_voices import synth_singing
 from tests.support.models_refkeys import parse
-from tests.support.voices import synth_singing
 from vdecoder import NsfHifiGan, save_vocoder_folder
 from vdecoder.nsf_hifigan import (
     DownSample1d,

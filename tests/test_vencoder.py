@@ -10,14 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError, ConfigError, PretrainedFileMissing, UnsafeCheckpointError
-from tests.support.h2_checkpoints import (
+from vencoder import clear_cache, encoder_names, get_speech_encoder
+from vencoder.fairseq_checkpoint import load_fairseq_checkpoint, safe_torch_load
+from vencoder.fairseq_writer import (
     fairseq_hubert_state,
     write_fairseq_hubert,
     write_hubert_soft,
     write_malicious_checkpoint,
 )
-from vencoder import clear_cache, encoder_names, get_speech_encoder
-from vencoder.fairseq_checkpoint import load_fairseq_checkpoint, safe_torch_load
 from vencoder.hubert import parse_conv_layers
 
 STRIDES = [5, 2, 2, 2, 2, 2, 2]

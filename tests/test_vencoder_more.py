@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError, PretrainedFileMissing
-from tests.support.encoder_files import tiny_onnx_module, write_onnx_encoder
 from vencoder import SPEECH_ENCODERS, clear_cache, encoder_names, get_speech_encoder
+from vencoder.random_weights import tiny_onnx_module, write_onnx_encoder
 
 ONNX_FILES = {
     "vec256l9-onnx": ("vec-256-layer-9.onnx", 256),
@@ -91,8 +91,8 @@ def test_onnx_missing_and_corrupt_files(tmp_path):
 
 
 def test_cnhubertlarge_all_layers_final_layer_norm_raw_waveform(tmp_path):
-    from tests.support.encoder_files import write_fairseq_hubert_large
     from vencoder.fairseq_checkpoint import load_fairseq_checkpoint
+    from vencoder.random_weights import write_fairseq_hubert_large
 
     path = write_fairseq_hubert_large(tmp_path / "chinese-hubert-large-fairseq-ckpt.pt", layers=3, dim=32)
     encoder = get_speech_encoder("cnhubertlarge", pretrain_dir=tmp_path)
@@ -156,7 +156,7 @@ def reference_whisper_window(sd: dict[str, torch.Tensor], audio: np.ndarray, n_c
 
 @pytest.fixture(scope="module")
 def whisper_pretrain(tmp_path_factory) -> Path:
-    from tests.support.encoder_files import write_whisper
+    from vencoder.random_weights import write_whisper
 
     folder = tmp_path_factory.mktemp("whisper")
     write_whisper(folder / "medium.pt", n_ctx=W_CTX, dim=W_DIM, heads=W_HEADS, layers=2, seed=0)
@@ -165,7 +165,7 @@ def whisper_pretrain(tmp_path_factory) -> Path:
 
 
 def test_whisper_short_clip_equals_single_padded_window(whisper_pretrain):
-    from tests.support.encoder_files import whisper_state
+    from vencoder.random_weights import whisper_state
 
     encoder = get_speech_encoder("whisper-ppg", pretrain_dir=whisper_pretrain)
     sd = whisper_state(80, W_CTX, W_DIM, 2, 0)
@@ -180,7 +180,7 @@ def test_whisper_short_clip_equals_single_padded_window(whisper_pretrain):
 
 
 def test_whisper_long_clip_joins_overlapping_windows(whisper_pretrain):
-    from tests.support.encoder_files import whisper_state
+    from vencoder.random_weights import whisper_state
     from vencoder.whisper_ppg import window_starts, window_unit_spans
 
     encoder = get_speech_encoder("whisper-ppg", pretrain_dir=whisper_pretrain)
@@ -263,7 +263,7 @@ def reference_wavlm(sd: dict[str, torch.Tensor], cfg: dict, wav: torch.Tensor) -
 
 
 def test_wavlm_matches_reference_frames_and_batching(tmp_path):
-    from tests.support.encoder_files import wavlm_cfg, wavlm_state, write_wavlm
+    from vencoder.random_weights import wavlm_cfg, wavlm_state, write_wavlm
 
     # max_distance 40 / 40 buckets: a 1-s clip (49 frames) reaches the log-spaced and capped buckets.
     sizes = {"layers": 2, "dim": 32, "heads": 4, "num_buckets": 40, "max_distance": 40}
@@ -319,7 +319,7 @@ def reference_dphubert(sd: dict[str, torch.Tensor], cfg: dict, wav: torch.Tensor
 
 
 def test_dphubert_pruned_layers_match_reference(tmp_path):
-    from tests.support.encoder_files import dphubert_config, dphubert_state, write_dphubert
+    from vencoder.random_weights import dphubert_config, dphubert_state, write_dphubert
 
     write_dphubert(tmp_path / "DPHuBERT-sp0.75.pth", seed=5)
     encoder = get_speech_encoder("dphubert", pretrain_dir=tmp_path)
@@ -337,7 +337,7 @@ def test_dphubert_pruned_layers_match_reference(tmp_path):
 
 
 def test_dphubert_bad_config_and_missing_weight(tmp_path):
-    from tests.support.encoder_files import dphubert_config, dphubert_state
+    from vencoder.random_weights import dphubert_config, dphubert_state
 
     cfg = dphubert_config()
     state = dphubert_state(cfg)
@@ -354,7 +354,7 @@ def test_dphubert_bad_config_and_missing_weight(tmp_path):
 
 def _write_weights(name: str, folder: Path) -> int:
     """Write `name`'s weight file into `folder`; returns the unit width it gives."""
-    from tests.support import encoder_files as ef
+    from vencoder import random_weights as ef
 
     if name in ONNX_FILES:
         ef.write_onnx_encoder(folder / ONNX_FILES[name][0], 12)
@@ -414,8 +414,8 @@ def test_preprocess_reports_the_missing_weight_file(tmp_path, monkeypatch, capsy
                                        ("dphubert", "DPHuBERT-sp0.75.pth"),
                                        ("cnhubertlarge", "chinese-hubert-large-fairseq-ckpt.pt")])
 def test_weight_files_that_would_run_code_are_refused(tmp_path, name, file):
-    from tests.support.h2_checkpoints import write_malicious_checkpoint
     from vencoder.fairseq_checkpoint import UnsafeCheckpointError
+    from vencoder.fairseq_writer import write_malicious_checkpoint
 
     marker = tmp_path / "ran"
     write_malicious_checkpoint(tmp_path / file, marker)

@@ -26,7 +26,7 @@ from modules.features import spectrogram, volume
 from modules.fileio import save_numpy, save_torch, write_text
 from modules.pitch.base import interpolate_f0
 from modules.safe_numpy import save_f0
-from tests.support.voices import SPEAKERS, synth_singing
+from modules.synthetic_voices import SPEAKERS, synth_singing
 
 UNIT_RATE = 50.0  # speech-encoder frames per second
 

@@ -47,7 +47,7 @@ def write_fairseq_hubert_large(path: str | Path, *, layers: int = 3, dim: int = 
                                conv_dim: int = 24, conv_pos: int = 16, groups: int = 4, final_dim: int = 16,
                                seed: int = 0) -> Path:
     """A fairseq HuBERT-large checkpoint (layer-norm extractor, pre-LN layers, task normalize on) at small widths."""
-    from tests.support.h2_checkpoints import _fake_modules, fairseq_hubert_state, fairseq_model_cfg
+    from vencoder.fairseq_writer import _fake_modules, fairseq_hubert_state, fairseq_model_cfg
 
     state = fairseq_hubert_state(layers, dim, ffn, conv_dim, conv_pos, groups, final_dim, seed=seed)
     g = torch.Generator().manual_seed(seed + 100)
@@ -63,7 +63,7 @@ def write_fairseq_hubert_large(path: str | Path, *, layers: int = 3, dim: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _fake_modules():
-        from tests.support.h2_checkpoints import _FakeDictionary
+        from vencoder.fairseq_writer import _FakeDictionary
 
         torch.save({"args": None, "cfg": {"_name": None, "model": model_cfg, "task": task_cfg}, "model": state,
                     "criterion": None, "optimizer_history": [], "task_state": {"dictionaries": [_FakeDictionary()]},
@@ -155,7 +155,7 @@ def wavlm_cfg(layers: int = 2, dim: int = 32, ffn: int = 64, heads: int = 4, con
 def wavlm_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """A WavLM state dict: the HuBERT keys plus grep_linear / grep_a per layer and layer 0's
     relative_attention_bias table."""
-    from tests.support.h2_checkpoints import fairseq_hubert_state
+    from vencoder.fairseq_writer import fairseq_hubert_state
 
     dim, heads, layers = cfg["encoder_embed_dim"], cfg["encoder_attention_heads"], cfg["encoder_layers"]
     conv_dim = int(cfg["conv_feature_layers"].split(",")[0].strip("[("))

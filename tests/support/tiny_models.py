@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from modules.config import HParams, load_config, load_template
-from tests.support.h2_checkpoints import write_fairseq_hubert
 from tests.support.train_data import deep_update
+from vencoder.fairseq_writer import write_fairseq_hubert
 
 UNIT_DIM = 16
 TINY_MODEL: dict[str, Any] = {
