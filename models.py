@@ -32,7 +32,7 @@ from modules.commons import (
     sequence_mask,
     weight_norm,
 )
-from modules.features import f0_to_coarse
+from modules.frame_features import f0_to_coarse
 from modules.nets import WN, ResidualCouplingBlock, TransformerCouplingBlock
 from vdecoder.nsf_hifigan import Generator, GeneratorConfig
 

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-import modules.features  # noqa: F401  (torch/librosa import up front, not billed to the first predictor)
+import modules.frame_features  # noqa: F401  (torch/librosa import up front, not billed to the first predictor)
+from modules.atomic_write import write_text
 from modules.config import PROJECT_ROOT
-from modules.fileio import write_text
 from modules.pitch.base import PREDICTOR_NAMES, F0Predictor, get_f0_predictor
 from modules.synthetic_voices import SyntheticVoice, balanced_singing, pause_frames, synth_singing
 

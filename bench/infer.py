@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows))
     print(TARGETS)
     if args.json:
-        from modules.fileio import write_text
+        from modules.atomic_write import write_text
 
         write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0

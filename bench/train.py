@@ -33,7 +33,7 @@ def _make_batch(hps, batch_size: int, seconds: float, seed: int):
     import torch
 
     from modules.data import ClipItem, collate_clips
-    from modules.features import spectrogram, volume
+    from modules.frame_features import spectrogram, volume
     from modules.pitch.base import interpolate_f0
     from modules.synthetic_voices import synth_singing
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
           "10.8 s / 5.9 GB at batch 6), measured on an idle machine. GFLOP/s: fp32 1024^2 matmul "
           "throughput right after the run, and load: 1-min load average; a busy machine inflates s/step.")
     if args.json:
-        from modules.fileio import write_text
+        from modules.atomic_write import write_text
 
         write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0

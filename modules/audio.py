@@ -23,7 +23,7 @@ from modules.errors import AudioError
 if TYPE_CHECKING:
     import torch
 
-from modules.fileio import atomic_path
+from modules.atomic_write import atomic_path
 
 # File endings of the formats libsndfile reads; the resample stage and batch conversion pick files by them.
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",

@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from modules.atomic_write import save_torch
 from modules.errors import CheckpointError, UnsafeCheckpointError
-from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import torch
 
+from modules.atomic_write import save_torch
 from modules.checkpoint import TRAINING_ONLY_PREFIXES, model_state, safe_load
 from modules.config import HParams, load_config
-from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)
 

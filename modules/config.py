@@ -17,8 +17,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from modules.atomic_write import write_text
 from modules.errors import ConfigError
-from modules.fileio import write_text
 from vencoder import SPEECH_ENCODERS, encoder_names
 
 logger = logging.getLogger(__name__)

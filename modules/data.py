@@ -7,7 +7,7 @@ f0 in Hz and uv), `x.spec.pt` (linear spectrogram [n_fft//2+1, T]; note the name
 L-sample clip has T = L // hop frames; units are resized to T on the fly.
 
 Files are read without executing pickled code: tensors with `torch.load(weights_only=True)`
-and the object-array f0 file with modules.safe_numpy's restricted unpickler.
+and the object-array f0 file with modules.npy_files's restricted unpickler.
 Inconsistent or unreadable clips raise `DatasetError` naming the clip, so a bad file found
 after hours of training says which file to fix.
 """
@@ -26,14 +26,14 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from modules.atomic_write import save_torch
 from modules.audio import load_audio
 from modules.checkpoint import load_torch_file
 from modules.config import HParams
 from modules.dataset_files import ClipFiles
 from modules.errors import AudioError, CheckpointError, DatasetError, UnsafeCheckpointError
-from modules.features import repeat_expand_2d, spectrogram, volume
-from modules.fileio import save_torch
-from modules.safe_numpy import load_f0
+from modules.frame_features import repeat_expand_2d, spectrogram, volume
+from modules.npy_files import load_f0
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def read_filelist(path: str | os.PathLike) -> list[Path]:
 def read_f0_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(f0, uv) float32 [T] from an `x.wav.f0.npy` (object array (2, T) or a float (2, T) array).
 
-    Uses the project's restricted reader (modules.safe_numpy), so a crafted file cannot run code.
+    Uses the project's restricted reader (modules.npy_files), so a crafted file cannot run code.
     """
     path = Path(path)
     try:

@@ -432,6 +432,6 @@ def format_table(rows: Iterable[Row | tuple[str, Mapping[str, float | None]]],
 
 
 def write_report(path: str | os.PathLike, rows: Sequence[Row], meta: dict[str, Any]) -> None:
-    from modules.fileio import write_text
+    from modules.atomic_write import write_text
 
     write_text(path, json.dumps({**meta, "rows": [r.as_dict() for r in rows]}, indent=2, ensure_ascii=False) + "\n")

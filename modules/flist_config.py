@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from modules.atomic_write import write_text
 from modules.audio import audio_duration
 from modules.config import load_config, load_diffusion_template, load_template, save_config, save_diffusion_config
 from modules.dataset_files import name_problem, speaker_dirs
 from modules.errors import AudioError, ConfigError, DatasetError
-from modules.fileio import write_text
 from vencoder import encoder_spec
 
 logger = logging.getLogger(__name__)

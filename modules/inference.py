@@ -31,7 +31,7 @@ from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import InferenceError
-from modules.features import repeat_expand_2d, volume
+from modules.frame_features import repeat_expand_2d, volume
 from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
 from modules.inference_plan import (
     OutputAssembler,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modules.features import volume
+from modules.frame_features import volume
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def output_name(
 def loudness_envelope(source: np.ndarray, output: np.ndarray, sr: int, rate: float) -> np.ndarray:
     """`-lea`: out * env_in^(1-rate) * env_out^(rate-1); rate 1 returns `output` unchanged, 0 imposes the input's.
 
-    Envelopes are frame RMS over 0.5 s windows (modules.features.volume), interpolated linearly to
+    Envelopes are frame RMS over 0.5 s windows (modules.frame_features.volume), interpolated linearly to
     the output length; the output envelope is floored at 1e-6.
     """
     if rate == 1:

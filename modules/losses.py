@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from modules.features import mel_spectrogram, spec_to_mel
+from modules.frame_features import mel_spectrogram, spec_to_mel
 
 
 def discriminator_loss(

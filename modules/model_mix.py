@@ -17,9 +17,9 @@ from typing import Mapping, Sequence
 
 import torch
 
+from modules.atomic_write import save_torch
 from modules.checkpoint import model_state, safe_load
 from modules.errors import CheckpointError, ConfigError
-from modules.fileio import save_torch
 
 logger = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from modules.atomic_write import save_numpy, save_torch
 from modules.audio import load_audio, resample
 from modules.config import HParams, load_config, load_diffusion_config
 from modules.dataset_files import ClipFiles
 from modules.device import resolve_device
 from modules.errors import AudioError, CheckpointError, ConfigError, SvcError
-from modules.features import spectrogram, volume
-from modules.fileio import save_numpy, save_torch
-from modules.safe_numpy import save_aug_mel, save_f0
+from modules.frame_features import spectrogram, volume
+from modules.npy_files import save_aug_mel, save_f0
 from vdecoder.vocoder import VocoderMel
 from vencoder.base import ENCODER_SAMPLE_RATE
 

@@ -26,10 +26,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from modules.atomic_write import write_text
 from modules.audio import AUDIO_EXTENSIONS, audio_duration, load_audio, resample, save_audio
 from modules.dataset_files import name_problem, speaker_dirs
 from modules.errors import AudioError, DatasetError
-from modules.fileio import write_text
 from modules.slicer import ClipParams, dataset_clips, frame_rms
 
 logger = logging.getLogger(__name__)

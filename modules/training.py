@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from modules import losses
+from modules.atomic_write import atomic_path
 from modules.checkpoint import (
     checkpoint_step,
     clean_checkpoints,
@@ -47,8 +48,7 @@ from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, default_num_workers, make_loader
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import TrainingError
-from modules.features import mel_spectrogram, spec_to_mel
-from modules.fileio import atomic_path
+from modules.frame_features import mel_spectrogram, spec_to_mel
 
 logger = logging.getLogger(__name__)
 

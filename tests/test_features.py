@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.features import f0_to_coarse, mel_spectrogram, nsf_mel, repeat_expand_2d, spectrogram, volume
+from modules.frame_features import f0_to_coarse, mel_spectrogram, nsf_mel, repeat_expand_2d, spectrogram, volume
 
 
 @pytest.mark.parametrize("length", [512 * 40, 512 * 40 + 1, 512 * 40 + 511, 3000])

@@ -18,8 +18,8 @@ from modules.audio import load_audio, resample
 from modules.config import load_diffusion_template, load_template, save_config, save_diffusion_config
 from modules.dataset_files import ClipFiles
 from modules.errors import UnsafeCheckpointError
-from modules.features import nsf_mel, spectrogram, volume
-from modules.safe_numpy import load_aug_mel, load_f0, load_npy, save_f0
+from modules.frame_features import nsf_mel, spectrogram, volume
+from modules.npy_files import load_aug_mel, load_f0, load_npy, save_f0
 from modules.synthetic_voices import synth_singing, write_dataset
 from vencoder import clear_cache, get_speech_encoder
 from vencoder.fairseq_writer import write_fairseq_hubert

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
+from modules.atomic_write import save_torch, write_text
 from modules.checkpoint import load_weights, safe_load
 from modules.errors import CheckpointError, ConfigError
-from modules.features import nsf_mel
-from modules.fileio import save_torch, write_text
+from modules.frame_features import nsf_mel
 from vdecoder.nsf_hifigan import Generator, GeneratorConfig
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from modules.fileio import save_torch
+from modules.atomic_write import save_torch
 from vencoder.hubert import HubertConfig, HubertModel
 
 DEMO_CONFIG = HubertConfig(

@@ -43,7 +43,7 @@ class SilenceGate:
     """Marks frames too quiet to carry a pitch, so no predictor reports a voice in silence.
 
     WORLD's dio and harvest happily find a "pitch" in a -100 dBFS noise floor, and so may a network.
-    A frame may be voiced only if its RMS (modules.features.volume, the same frames as the f0) is
+    A frame may be voiced only if its RMS (modules.frame_features.volume, the same frames as the f0) is
     above both `floor_db` dBFS and `relative_db` below the clip's loud level (95th percentile of the
     frame RMS). The mask is widened by `widen` frames so quiet note onsets and releases survive.
     """
@@ -57,7 +57,7 @@ class SilenceGate:
         n_frames = len(wav) // hop_length
         if n_frames == 0:
             return np.zeros(0, dtype=bool)
-        from modules.features import volume  # torch import kept out of `import modules.pitch`
+        from modules.frame_features import volume  # torch import kept out of `import modules.pitch`
 
         rms = volume(np.ascontiguousarray(wav, dtype=np.float32), hop_length).numpy().astype(np.float64)
         loud = float(np.percentile(rms, 95))

@@ -2,7 +2,7 @@
 
 Steps, as so-vits-svc 4.1 runs them: resample to the checkpoint's mel rate (16 kHz) with the original's
 windowed-sinc resampler (modules.audio.resample_sinc, 128 zero crossings); log-mel with the
-checkpoint's `mel` parameters (modules.features.nsf_mel: reflect padding, centre=False, slaney mel,
+checkpoint's `mel` parameters (modules.frame_features.nsf_mel: reflect padding, centre=False, slaney mel,
 log clamp 1e-5); frame count fixed to len(input) // mel_hop + 1 as the original does (one frame
 repeated or frames dropped); network; local_argmax decoding with the threshold (unvoiced -> 0);
 nearest resize to T = len(wav) // hop_length. The f0 range is the checkpoint's (not clamped to 50-1100).
@@ -18,7 +18,7 @@ import torch
 
 from modules.audio import resample_sinc
 from modules.errors import CheckpointError
-from modules.features import nsf_mel
+from modules.frame_features import nsf_mel
 from modules.pitch.base import F0Predictor, resize_nearest
 from modules.pitch.fcpe_net import FCPENet, MelConfig, bundled_checkpoint, load_fcpe
 

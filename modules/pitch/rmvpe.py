@@ -31,7 +31,7 @@ from torch import nn
 from modules.audio import resample_sinc
 from modules.checkpoint import load_torch_file
 from modules.errors import CheckpointError
-from modules.features import mel_basis
+from modules.frame_features import mel_basis
 from modules.pitch.base import F0Predictor, resize_nearest
 
 logger = logging.getLogger(__name__)

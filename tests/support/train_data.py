@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.atomic_write import save_numpy, save_torch, write_text
 from modules.audio import load_audio, save_audio
 from modules.config import load_template
-from modules.features import spectrogram, volume
-from modules.fileio import save_numpy, save_torch, write_text
+from modules.frame_features import spectrogram, volume
+from modules.npy_files import save_f0
 from modules.pitch.base import interpolate_f0
-from modules.safe_numpy import save_f0
 from modules.synthetic_voices import SPEAKERS, synth_singing
 
 UNIT_RATE = 50.0  # speech-encoder frames per second

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from modules.atomic_write import atomic_path
 from modules.errors import UnsafeCheckpointError
-from modules.fileio import atomic_path
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -69,7 +69,7 @@ class _Numpy1Pickler(pickle._Pickler):  # type: ignore[misc]  # the pure-Python 
 def save_object_array(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an object array as `np.save` does (format 1.0, pickle protocol 3), atomically."""
     if array.dtype != object:
-        raise ValueError("save_object_array is for object arrays; use modules.fileio.save_numpy")
+        raise ValueError("save_object_array is for object arrays; use modules.atomic_write.save_numpy")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
