@@ -73,7 +73,8 @@ def run_one(config: str, device: str, batch_size: int, precision: str, segment: 
 
     from modules.config import load_config
     from modules.device import resolve_device
-    from modules.training import DistContext, Trainer, TrainOptions
+    from modules.distributed import DistContext
+    from modules.training import Trainer, TrainOptions
 
     hps = load_config(config)
     hps.train.batch_size = batch_size

@@ -47,8 +47,10 @@ from modules.commons import slice_segments
 from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, default_num_workers, make_loader
 from modules.device import cpu_has_fast_half, resolve_device
+from modules.distributed import DistContext, cleanup_distributed, setup_distributed
 from modules.errors import TrainingError
 from modules.frame_features import mel_spectrogram, spec_to_mel
+from modules.gan import JointDiscriminator, discriminate_for_generator
 
 logger = logging.getLogger(__name__)
 
@@ -56,51 +58,6 @@ PRECISIONS = ("config", "fp32", "fp16", "bf16")
 
 
 # --------------------------------------------------------------------------------------------- set-up
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process runs: its rank among `world_size` processes and its device."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device_name: str = "auto") -> DistContext:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-        if device.type == "cpu":
-            # Several processes on one machine: share the cores instead of oversubscribing them.
-            local_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
-        logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, device)
-    elif world_size == 1 and device.type == "cuda" and torch.cuda.device_count() > 1:
-        logger.info("%d GPUs visible; this run uses one. For all of them: torchrun --nproc_per_node %d train.py ...",
-                    torch.cuda.device_count(), torch.cuda.device_count())
-    return DistContext(rank, local_rank, world_size, device)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def copy_config(src: str | os.PathLike, model_dir: Path) -> Path:
@@ -190,64 +147,6 @@ def _optimizer_matches_params(optimizer: torch.optim.Optimizer) -> bool:
 
 def all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
-
-
-# --------------------------------------------------------------------------------------------- discriminator passes
-
-
-def _sub_discriminators(net_d: nn.Module) -> list[nn.Module] | None:
-    """The MultiPeriodDiscriminator's members (`discriminators.N` in the state dict), if it exposes them."""
-    subs = getattr(net_d, "discriminators", None)
-    return list(subs) if isinstance(subs, nn.ModuleList) else None
-
-
-class JointDiscriminator(nn.Module):
-    """Discriminator-step view of the MPD: each member runs once on [real; fake] stacked along the batch.
-
-    Same outputs as the MPD's two separate calls (no batch-dependent layers), but half the kernel
-    launches and weight-norm recomputations and larger, more efficient convolutions. This wrapper is
-    what DDP wraps for the discriminator step; checkpoints still save the bare MPD.
-    """
-
-    def __init__(self, mpd: nn.Module) -> None:
-        super().__init__()
-        self.mpd = mpd
-
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        subs = _sub_discriminators(self.mpd)
-        if subs is None:
-            real, fake, _, _ = self.mpd(y, y_hat)
-            return real, fake
-        n = y.size(0)
-        both = torch.cat([y, y_hat.to(y.dtype)], dim=0)
-        real, fake = [], []
-        for d in subs:
-            out, _ = d(both)
-            real.append(out[:n])
-            fake.append(out[n:])
-        return real, fake
-
-
-def discriminate_for_generator(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tensor
-                               ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-    """(D(y_hat), fmaps of y, fmaps of y_hat) for the generator loss.
-
-    The real pass runs under no_grad: its feature maps are targets (detached by the loss anyway),
-    so building and keeping their graph, as the original does, only costs memory and time.
-    """
-    subs = _sub_discriminators(net_d)
-    if subs is None:
-        _, fake, fmap_real, fmap_fake = net_d(y, y_hat)
-        return fake, fmap_real, fmap_fake
-    fake, fmap_real, fmap_fake = [], [], []
-    for d in subs:
-        with torch.no_grad():
-            _, f_real = d(y)
-        out, f_fake = d(y_hat)
-        fake.append(out)
-        fmap_real.append(f_real)
-        fmap_fake.append(f_fake)
-    return fake, fmap_real, fmap_fake
 
 
 # --------------------------------------------------------------------------------------------- logging helpers
