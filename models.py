@@ -303,6 +303,17 @@ def _norm(use_spectral_norm: bool):
     return torch.nn.utils.spectral_norm if use_spectral_norm else weight_norm
 
 
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor, fmap: list[torch.Tensor]
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A discriminator's body: leaky-ReLU convs, then the output conv; every output joins the feature maps."""
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: folds the wave into [T/p, p] and runs (k, 1) 2-D convs."""
 
@@ -326,12 +337,7 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x, fmap)
 
 
 class DiscriminatorS(nn.Module):
@@ -351,13 +357,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm(nn.Conv1d(1024, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x, [])
 
 
 class MultiPeriodDiscriminator(nn.Module):

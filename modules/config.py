@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import yaml
 
@@ -90,30 +90,27 @@ class HParams:
         return f"HParams({self.to_dict()!r})"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_mapping(path: Path, parse: Callable[[IO[str]], Any], kind: str, errors: tuple[type[Exception], ...],
+                  what: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = parse(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raise ConfigError(f"{path}: {what} not found") from None
+    except errors as e:
+        raise ConfigError(f"{path}: not valid {kind} ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level")
+        raise ConfigError(f"{path}: expected a {kind} mapping at the top level")
     return data
+
+
+def read_json_object(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
+    """A JSON file whose top level is an object; ConfigError naming the file otherwise."""
+    return _read_mapping(Path(path), json.load, "JSON", (json.JSONDecodeError, UnicodeDecodeError), what)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    return _read_mapping(path, yaml.safe_load, "YAML", (yaml.YAMLError, UnicodeDecodeError), "config file")
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -213,7 +210,7 @@ def _check_diffusion_fields(cfg: dict[str, Any], path: Path) -> None:
 
 def load_template(tiny: bool = False) -> dict[str, Any]:
     """The so-vits config template as a plain dict."""
-    return _read_json(TINY_CONFIG_TEMPLATE if tiny else CONFIG_TEMPLATE)
+    return read_json_object(TINY_CONFIG_TEMPLATE if tiny else CONFIG_TEMPLATE)
 
 
 def load_diffusion_template() -> dict[str, Any]:
@@ -223,7 +220,7 @@ def load_diffusion_template() -> dict[str, Any]:
 def load_config(path: str | os.PathLike) -> HParams:
     """Load and validate a so-vits `config.json`."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json_object(path)
     merged = _merge_with_template(data, load_template(), path)
     _check_so_vits_fields(merged, path)
     return HParams(**merged)

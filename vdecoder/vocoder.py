@@ -15,6 +15,7 @@ import torch
 
 from modules.atomic_write import save_torch, write_text
 from modules.checkpoint import load_weights, safe_load
+from modules.config import read_json_object
 from modules.errors import CheckpointError, ConfigError
 from modules.frame_features import nsf_mel
 from vdecoder.nsf_hifigan import Generator, GeneratorConfig
@@ -68,15 +69,7 @@ class VocoderMel:
 def read_vocoder_config(path: Path, required: tuple[str, ...] = _REQUIRED) -> dict[str, Any]:
     """The vocoder's config.json as a dict; ConfigError naming the file when it is absent, broken or
     lacks a `required` field."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: vocoder config not found (expected config.json next to 'model')") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+    cfg = read_json_object(path, "vocoder config (config.json next to 'model')")
     missing = [k for k in required if k not in cfg]
     if missing:
         raise ConfigError(f"{path}: missing field(s) {', '.join(missing)}")

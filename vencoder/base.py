@@ -14,6 +14,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from modules.checkpoint import load_weights
 from modules.errors import PretrainedFileMissing
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,17 @@ class SpeechEncoder(ABC):
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """Encode one clip: `[N]` (or `[C, N]`) 16 kHz audio -> `[1, dim, T_u]`."""
         return self.encode_batch([wav])[0]
+
+
+def load_weights_ignoring_extra(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
+                                quiet_prefixes: tuple[str, ...] = ()) -> None:
+    """Load every tensor the model has, strictly (CheckpointError names a missing or mis-shaped one); tensors
+    the model does not use (pre-training heads) are dropped, with a warning unless under `quiet_prefixes`."""
+    own = model.state_dict()
+    extra = [k for k in state if k not in own and not k.startswith(quiet_prefixes)]
+    if extra:
+        logger.warning("%s: ignoring %d unexpected keys, e.g. %s", path, len(extra), ", ".join(extra[:4]))
+    load_weights(model, {k: v for k, v in state.items() if k in own}, source=f"{path} ({what})", optional=())
 
 
 def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder
+from vencoder.base import SpeechEncoder, load_weights_ignoring_extra
 from vencoder.fairseq_checkpoint import safe_torch_load
 from vencoder.hubert import ConvFeatureExtractor, PositionalConv, _length_mask, _normalize_waveforms
 from vencoder.wavlm import run_padded_batches
@@ -245,19 +245,7 @@ def load_dphubert(path: Path) -> DPHubertModel:
     model = DPHubertModel(cfg)
     state = to_own_keys({k: v for k, v in raw["state_dict"].items() if isinstance(v, torch.Tensor)},
                         cfg.extractor_mode)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: the state dict lacks {len(missing)} DPHuBERT weights "
-                                    f"(in our naming), e.g. {', '.join(missing[:4])}")
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise CheckpointError(f"{path}: weights do not fit the config: {'; '.join(wrong[:4])}")
-    extra = [k for k in state if k not in own]
-    if extra:
-        logger.warning("%s: ignoring %d unexpected keys, e.g. %s", path, len(extra), ", ".join(extra[:4]))
-    model.load_state_dict({k: state[k].float() for k in own}, strict=True)
+    load_weights_ignoring_extra(model, state, path, "DPHuBERT")
     return model
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder, as_mono_tensor, plan_batches
+from vencoder.base import SpeechEncoder, as_mono_tensor, load_weights_ignoring_extra, plan_batches
 from vencoder.fairseq_checkpoint import safe_torch_load, to_plain
 from vencoder.hubert import (
     _ACTIVATIONS,
@@ -237,19 +237,7 @@ def load_wavlm(path: Path) -> WavLMModel:
         raise CheckpointError(f"{path}: 'cfg' is not a dict of WavLM config fields")
     model = WavLMModel(WavLMConfig.from_dict(cfg_dict, str(path)))
     state = {k: v for k, v in raw["model"].items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: the state dict lacks {len(missing)} WavLM keys, "
-                                    f"e.g. {', '.join(missing[:4])}")
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise CheckpointError(f"{path}: mis-shaped WavLM weights: {'; '.join(wrong[:4])}")
-    extra = [k for k in state if k not in own and not k.startswith(UNUSED_KEYS_PREFIXES)]
-    if extra:
-        logger.warning("%s: ignoring %d unexpected keys, e.g. %s", path, len(extra), ", ".join(extra[:4]))
-    model.load_state_dict({k: state[k].float() for k in own}, strict=True)
+    load_weights_ignoring_extra(model, state, path, "WavLM", quiet_prefixes=UNUSED_KEYS_PREFIXES)
     return model
 
 

@@ -16,32 +16,17 @@ from typing import Any, Mapping
 import torch
 
 from modules.config import HParams, load_config, load_template
-from tests.support.train_data import deep_update
+from tests.support.train_data import SMALL_MODEL, deep_update
 from vencoder.fairseq_writer import write_fairseq_hubert
 
 UNIT_DIM = 16
+# Narrower still than the training tests' SMALL_MODEL: inference tests only need the code paths.
 TINY_MODEL: dict[str, Any] = {
-    "inter_channels": 8,
-    "hidden_channels": 16,
-    "filter_channels": 32,
-    "n_heads": 2,
-    "n_layers": 2,
-    "kernel_size": 3,
-    "p_dropout": 0.0,
-    "resblock": "1",
-    "resblock_kernel_sizes": [3, 5],
-    "resblock_dilation_sizes": [[1, 3], [1, 3]],
-    "upsample_rates": [8, 8, 8],
-    "upsample_initial_channel": 32,
-    "upsample_kernel_sizes": [16, 16, 16],
-    "gin_channels": 8,
-    "ssl_dim": UNIT_DIM,
-    "n_speakers": 4,
-    "n_flow_layer": 2,
-    "speech_encoder": "vec256l9",
-    "use_depthwise_conv": False,
-    "flow_share_parameter": False,
+    **SMALL_MODEL,
+    "inter_channels": 8, "hidden_channels": 16, "filter_channels": 32, "upsample_initial_channel": 32,
+    "gin_channels": 8, "ssl_dim": UNIT_DIM, "n_speakers": 4, "speech_encoder": "vec256l9",
 }
+del TINY_MODEL["n_layers_trans_flow"]
 SPEAKERS = {"alto": 0, "bass": 1, "soprano": 2}
 
 
