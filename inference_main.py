@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_dir", default="pretrain", help="folder with the speech encoder's weights (default pretrain)")
     p.add_argument("--fast", action="store_true", help="reduced-precision synthesis (bf16 on CPU, fp16 on GPU)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="synthesizer runtime: torch, or onnx (onnxruntime on CPU, faster there; see --onnx_model)")
+    p.add_argument("--onnx_model", default=None,
+                   help="exported graph for --backend onnx (default: <model>_SoVits.onnx next to -m, exported "
+                        "from -m/-c when missing or older than them)")
     return p
 
 
@@ -108,8 +113,13 @@ def resolve_jobs(names: Sequence[str], trans: Sequence[int], raw_dir: Path) -> l
 def run(args: argparse.Namespace) -> list[Path]:
     raw_dir, results = Path(args.raw_dir), Path(args.results_dir)
     jobs = resolve_jobs(args.clean_names, args.trans, raw_dir)
-    engine = SvcEngine.load(args.model_path, args.config_path, device=args.device, fast=args.fast,
-                            pretrain_dir=args.pretrain_dir)
+    if args.backend == "onnx":
+        from modules.onnx_inference import load_onnx_engine
+
+        engine = load_onnx_engine(args.model_path, args.config_path, args.onnx_model, pretrain_dir=args.pretrain_dir)
+    else:
+        engine = SvcEngine.load(args.model_path, args.config_path, device=args.device, fast=args.fast,
+                                pretrain_dir=args.pretrain_dir)
     mix = None
     if args.use_spk_mix:
         mix = load_spk_mix(args.spk_mix_file, engine.speakers, engine.n_speakers)

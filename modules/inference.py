@@ -199,6 +199,10 @@ class SvcEngine:
         g = torch.tensor([[spk_id]], dtype=torch.long, device=self.device)
         return self.model.embed_speaker(g)
 
+    def mix_condition(self, mix: SpeakerMix, times: np.ndarray) -> torch.Tensor:
+        """Time-varying speaker condition [1, gin, T] of a dynamic mix at output-time fractions `times`."""
+        return mix.embedding(self.model.emb_g.weight, times)
+
     # ----- features ---------------------------------------------------------------------------------------
 
     def piece_features(
@@ -342,7 +346,7 @@ class SvcEngine:
         feats = self.piece_features(src, options.transpose, predictor=predictor)
         if mix is not None:
             times = frame_times(piece.start, n_frames, self.hop, pad, total)
-            g = mix.embedding(self.model.emb_g.weight, times)
+            g = self.mix_condition(mix, times)
         else:
             g = g_fixed
         audio, _ = self.synthesize(feats, g, options.noise_scale, options.seed, options.auto_predict_f0)

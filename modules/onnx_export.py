@@ -48,6 +48,7 @@ EXPORT_FRAMES = 200  # length of the dummy input the graph is traced with
 AUDIO_OUTPUT = "audio"
 PHASE_INPUT = "source_phase"  # inputs that replace the random nodes in the verification copy
 SOURCE_NOISE_INPUT = "source_noise"
+SOURCE_HARMONICS = 9  # the decoder's source: the fundamental and 8 overtones
 
 
 # ------------------------------------------------------------------------------------------- the graph
@@ -256,9 +257,9 @@ def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLi
     """SynthesizerTrn from a G_*.pth and its config (strict load, weight norm folded, eval, float32)."""
     from models import SynthesizerTrn
 
-    hps = load_config(config_path)
     if not Path(model_path).is_file():
         raise CheckpointError(f"{model_path}: model file not found")
+    hps = load_config(config_path)
     model = SynthesizerTrn.from_hparams(hps)
     load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
                  hint=f"pass the config.json the model was trained with (now {config_path})")
@@ -331,7 +332,7 @@ def write_moess_config(hps: HParams, name: str, path: str | os.PathLike) -> None
 # ------------------------------------------------------------------------------------------- verification
 
 
-def _replace_random_nodes(graph_model: Any) -> Any:
+def with_random_inputs(graph_model: Any) -> Any:
     """A copy of the ONNX model in which the source's RandomUniform(Like) / RandomNormal(Like) nodes are
     graph inputs (PHASE_INPUT, SOURCE_NOISE_INPUT), so the graph can be run on fixed draws."""
     import copy
@@ -378,7 +379,7 @@ class CheckResult:
         return self.max_abs_error / max(self.peak, 1e-12)
 
 
-def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Sequence[int] = (137, 263),
+def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Sequence[int] = (61, 149),
                   seed: int = 0) -> list[CheckResult]:
     """onnx.checker on the file, then onnxruntime vs the PyTorch module on the same inputs (including the
     source's random draws) at each length; raises InferenceError on a checker failure."""
@@ -390,7 +391,7 @@ def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Se
         onnx.checker.check_model(graph_model)
     except onnx.checker.ValidationError as e:
         raise InferenceError(f"{path}: the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from None
-    fixed = _replace_random_nodes(graph_model)
+    fixed = with_random_inputs(graph_model)
     session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
     iface = interface_for(wrapper.model, len(wrapper.speaker_rows) if wrapper.mix else 0)
     dim = wrapper.model.dec.m_source.dim
@@ -460,6 +461,6 @@ def describe_inputs(path: str | os.PathLike) -> dict[str, tuple[str, list[Any]]]
 __all__ = [
     "OnnxSynthesizer", "GraphInterface", "CheckResult", "ExportResult", "export_model", "export_graph",
     "verify_export", "moess_config", "write_moess_config", "build_wrapper", "load_synthesizer",
-    "describe_inputs", "interface_for", "wants_mix", "speaker_order", "OPSET", "EXPORT_FRAMES",
+    "describe_inputs", "interface_for", "wants_mix", "speaker_order", "with_random_inputs", "OPSET", "EXPORT_FRAMES",
 ]
 

@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["resample.py", "preprocess_flist_config.py", "preprocess_hubert_f0.py", "train.py", "inference_main.py",
+           "onnx_export.py",
            "compress_model.py", "quickstart.py"]
 
 

@@ -1,0 +1,217 @@
+"""ONNX export for MoeSS (interface, JSON, onnxruntime == PyTorch) and the onnxruntime inference backend."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import inference_main
+import onnx_export
+from modules.config import load_config
+from modules.inference import ConvertOptions, SvcEngine
+from modules.onnx_export import (
+    AUDIO_OUTPUT,
+    build_wrapper,
+    describe_inputs,
+    export_graph,
+    interface_for,
+    load_synthesizer,
+    moess_config,
+    verify_export,
+    with_random_inputs,
+)
+from modules.onnx_inference import OnnxSvcEngine
+from tests.support.h6_models import SPEAKERS, random_generator, tiny_config_dict, write_generator, write_tiny_project
+from tests.support.voices import synth_singing
+
+LIMIT = 1e-4  # largest |onnxruntime - torch| as a fraction of the peak
+
+
+def _model_files(root: Path, overrides: dict, speakers: dict[str, int]) -> tuple[Path, Path]:
+    cfg = tiny_config_dict(overrides)
+    cfg["spk"] = dict(speakers)
+    config = root / "config.json"
+    root.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    model = write_generator(root / "G_1.pth", random_generator(load_config(config), seed=3), with_optimizer=False)
+    return model, config
+
+
+# Variants: (model overrides, speakers). "single": one speaker, transformer flow; "mix_vol": three
+# speakers with volume embedding and the quick-start config's switches (depthwise convs, shared flow).
+VARIANTS = {
+    "single": ({"use_transformer_flow": True}, {"alto": 0}),
+    "mix_vol": ({"vol_embedding": True, "use_depthwise_conv": True, "flow_share_parameter": True}, dict(SPEAKERS)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def exported(request, tmp_path_factory):
+    overrides, speakers = VARIANTS[request.param]
+    root = tmp_path_factory.mktemp(f"onnx_{request.param}")
+    model_path, config_path = _model_files(root, overrides, speakers)
+    model, hps = load_synthesizer(model_path, config_path)
+    wrapper = build_wrapper(model, hps)
+    path = root / "x_SoVits.onnx"
+    export_graph(wrapper, path, frames=64)  # a short trace keeps the test fast; the CLI traces 200 frames
+    return request.param, wrapper, hps, path, model_path, config_path
+
+
+def test_graph_interface_matches_the_reference_table(exported):
+    variant, wrapper, hps, path, _, _ = exported
+    io = describe_inputs(path)
+    ssl, inter, n_spk = int(hps.model.ssl_dim), int(hps.model.inter_channels), len(hps.spk)
+    names = list(io)
+    if variant == "single":
+        assert names == ["c", "f0", "mel2ph", "uv", "noise", "sid", "audio"]
+        assert io["sid"] == ("INT64", [1])
+    else:
+        assert names == ["c", "f0", "mel2ph", "uv", "noise", "sid", "vol", "audio"]
+        assert io["sid"] == ("FLOAT", ["sid_dynamic_axes_1", n_spk])
+        assert io["vol"] == ("FLOAT", [1, "vol_dynamic_axes_1"])
+    assert io["c"] == ("FLOAT", ["c_dynamic_axes_1", "c_dynamic_axes_2", ssl])
+    assert io["f0"] == ("FLOAT", [1, "f0_dynamic_axes_1"])
+    assert io["mel2ph"] == ("INT64", [1, "mel2ph_dynamic_axes_1"])
+    assert io["uv"] == ("FLOAT", [1, "uv_dynamic_axes_1"])
+    assert io["noise"] == ("FLOAT", [1, inter, "noise_dynamic_axes_1"])
+    kind, dims = io["audio"]
+    assert kind == "FLOAT" and len(dims) == 3 and dims[1] == 1 and isinstance(dims[2], str)
+
+
+def test_onnxruntime_equals_pytorch_at_other_lengths(exported):
+    _, wrapper, hps, path, _, _ = exported
+    checks = verify_export(wrapper, path, lengths=(23, 41))
+    assert [c.frames for c in checks] == [23, 41]
+    for c in checks:
+        assert c.peak > 0.01  # the comparison is on real audio, not on silence
+        assert c.relative_error <= LIMIT, c
+
+
+def test_export_wrapper_equals_the_synthesizer(exported):
+    """The module that is exported computes what SynthesizerTrn.infer computes (same seed, same draws)."""
+    variant, wrapper, hps, _, model_path, config_path = exported
+    reference, _ = load_synthesizer(model_path, config_path)  # untouched attention modules
+    iface = interface_for(reference, len(hps.spk) if wrapper.mix else 0)
+    frames, ns = 24, 0.4
+    feed = iface.inputs(frames, units=frames, seed=5)
+    feed["mel2ph"] = np.arange(1, frames + 1, dtype=np.int64)[None]  # one unit per frame, as infer takes them
+    c = torch.from_numpy(feed["c"]).transpose(1, 2)
+    f0, uv = torch.from_numpy(feed["f0"]), torch.from_numpy(feed["uv"])
+    vol = torch.from_numpy(feed["vol"]) if "vol" in feed else None
+    if wrapper.mix:
+        weights = torch.from_numpy(feed["sid"])  # [T, S]
+        g = (weights @ reference.emb_g.weight[list(hps.spk.values())]).t().unsqueeze(0)
+    else:
+        g = torch.from_numpy(feed["sid"])
+    expected, _ = reference.infer(c, f0, uv, g=g, noise_scale=ns, seed=11, vol=vol)
+    torch.manual_seed(11)  # infer's draws, in its order: prior noise, start phases, source noise
+    feed["noise"] = (torch.randn(1, iface.inter_channels, frames) * ns).numpy()
+    wrapper.fixed_draws = (torch.rand(1, 9), torch.randn(1, frames * wrapper.hop, 9))
+    try:
+        with torch.no_grad():
+            got = wrapper(*(torch.from_numpy(feed[n]) for n in iface.input_names))
+    finally:
+        wrapper.fixed_draws = None
+    assert got.shape == expected.shape == (1, 1, frames * wrapper.hop)
+    assert float((got - expected).abs().max()) <= LIMIT * float(expected.abs().max())
+
+
+def test_moess_json_fields_and_hubert_quirk():
+    cfg = load_config_dict({"gin_channels": 8, "vol_embedding": True}, {"b": 1, "a": 0})
+    assert moess_config(cfg, "demo") == {
+        "Folder": "demo", "Name": "demo", "Type": "SoVits", "Rate": 44100, "Hop": 512, "Hubert": "vec-8-layer-9",
+        "SoVits4": True, "SoVits3": False, "CharaMix": True, "Volume": True, "HiddenSize": 8,
+        "Characters": ["b", "a"], "Cluster": "",
+    }
+    assert moess_config(load_config_dict({"gin_channels": 768}, {"x": 0}), "n")["Hubert"] == "vec-768-layer-12"
+    one = moess_config(load_config_dict({"gin_channels": 1024}, {"x": 0}), "n")
+    assert (one["Hubert"], one["CharaMix"], one["Volume"]) == ("vec-1024-layer-9", False, False)
+
+
+def load_config_dict(model: dict, spk: dict):
+    from modules.config import HParams
+
+    cfg = tiny_config_dict(model)
+    cfg["spk"] = spk
+    return HParams(**cfg)
+
+
+# ----------------------------------------------------------------------------------- CLI and backend
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """The inference tests' tiny project (three speakers, no volume) and a work folder."""
+    root = tmp_path_factory.mktemp("onnx_cli")
+    project = write_tiny_project(root / "project")
+    work = root / "work"
+    work.mkdir()
+    return project, work
+
+
+def test_cli_writes_the_moess_layout_and_passes_its_check(cli_export, monkeypatch, capsys):
+    project, work = cli_export
+    monkeypatch.chdir(work)
+    assert onnx_export.main(["-n", "demo", "-m", str(project.model), "-c", str(project.config), "-o", "out",
+                             "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "check passed" in out and out.count("check T=") == 2
+    graph = work / "out" / "demo" / "demo_SoVits.onnx"
+    meta = json.loads((work / "out" / "demo.json").read_text(encoding="utf-8"))
+    assert meta["Characters"] == list(SPEAKERS) and meta["CharaMix"] is True and meta["Volume"] is False
+    assert meta["Rate"] == 44100 and meta["Hop"] == 512 and meta["HiddenSize"] == 8
+    assert meta["Folder"] == meta["Name"] == "demo"
+    assert describe_inputs(graph)["sid"] == ("FLOAT", ["sid_dynamic_axes_1", len(SPEAKERS)])
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert onnx_export.main(["-n", "nothing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoints/nothing/" in err and "not found" in err
+
+
+def test_onnx_engine_equals_the_torch_engine_with_the_same_draws(cli_export, tmp_path):
+    """With the source's random nodes turned into inputs (fed from the torch generator in the torch
+    engine's order), the onnxruntime backend gives the torch backend's audio: same slicing, padding,
+    crossfades and output length."""
+    import onnx
+    import onnxruntime as ort
+
+    project, work = cli_export
+    graph = work / "out" / "demo" / "demo_SoVits.onnx"
+    if not graph.is_file():
+        pytest.skip("needs the CLI export test's file")
+    session = ort.InferenceSession(with_random_inputs(onnx.load(str(graph))).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    hps = load_config(project.config)
+    onnx_engine = OnnxSvcEngine(session, hps, pretrain_dir=project.root / "pretrain")
+    torch_engine = SvcEngine.load(project.model, project.config, device="cpu", pretrain_dir=project.root / "pretrain")
+    voice = synth_singing("alto", 0.9, sr=44100, seed=2).audio
+    voice = np.concatenate([voice, np.zeros(13000, np.float32), voice[:20000]])
+    options = ConvertOptions(speaker="bass", transpose=2, clip_seconds=0.5, linear_gradient=0.1, pad_seconds=0.1)
+    expected = torch_engine.convert(voice, 44100, options)
+    got = onnx_engine.convert(voice, 44100, options)
+    assert got.shape == expected.shape == (len(voice),)
+    assert np.max(np.abs(expected)) > 0.01
+    assert np.max(np.abs(got - expected)) <= LIMIT * np.max(np.abs(expected))
+
+
+def test_inference_main_onnx_backend_writes_the_same_file_layout(cli_export, tmp_path):
+    project, work = cli_export
+    graph = work / "out" / "demo" / "demo_SoVits.onnx"
+    if not graph.is_file():
+        pytest.skip("needs the CLI export test's file")
+    src = tmp_path / "in.wav"
+    sf.write(src, synth_singing("alto", 0.6, sr=44100, seed=4).audio, 44100)
+    code = inference_main.main(["-m", str(project.model), "-c", str(project.config), "-n", str(src), "-s", "alto",
+                                "--backend", "onnx", "--onnx_model", str(graph), "--results_dir", str(tmp_path / "r"),
+                                "--pretrain_dir", str(project.root / "pretrain"), "--no_progress", "-wf", "wav"])
+    assert code == 0
+    (result,) = list((tmp_path / "r").iterdir())
+    out, sr = sf.read(result)
+    assert sr == 44100 and len(out) == sf.info(src).frames and np.all(np.isfinite(out)) and np.max(np.abs(out)) > 0.01
