@@ -175,6 +175,20 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "checkpoints/nothing/" in err and "not found" in err
 
 
+class _FramingEncoder:
+    """A cheap deterministic stand-in speech encoder: 20 ms frames through a fixed random projection."""
+
+    hop_size = 320
+
+    def __init__(self, dim: int) -> None:
+        self.proj = torch.randn(self.hop_size, dim, generator=torch.Generator().manual_seed(0))
+
+    def encode(self, wav16: torch.Tensor) -> torch.Tensor:
+        n = wav16.shape[-1] // self.hop_size
+        frames = wav16[: n * self.hop_size].float().view(n, self.hop_size)
+        return (frames @ self.proj).t().unsqueeze(0)  # [1, D, T_u]
+
+
 def test_onnx_engine_equals_the_torch_engine_with_the_same_draws(cli_export, tmp_path):
     """With the source's random nodes turned into inputs (fed from the torch generator in the torch
     engine's order), the onnxruntime backend gives the torch backend's audio: same slicing, padding,
@@ -189,8 +203,9 @@ def test_onnx_engine_equals_the_torch_engine_with_the_same_draws(cli_export, tmp
     session = ort.InferenceSession(with_random_inputs(onnx.load(str(graph))).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     hps = load_config(project.config)
-    onnx_engine = OnnxSvcEngine(session, hps, pretrain_dir=project.root / "pretrain")
-    torch_engine = SvcEngine.load(project.model, project.config, device="cpu", pretrain_dir=project.root / "pretrain")
+    encoder = _FramingEncoder(int(hps.model.ssl_dim))
+    onnx_engine = OnnxSvcEngine(session, hps, encoder=encoder)
+    torch_engine = SvcEngine.load(project.model, project.config, device="cpu", encoder=encoder)
     voice = synth_singing("alto", 0.9, sr=44100, seed=2).audio
     voice = np.concatenate([voice, np.zeros(13000, np.float32), voice[:20000]])
     options = ConvertOptions(speaker="bass", transpose=2, clip_seconds=0.5, linear_gradient=0.1, pad_seconds=0.1)
