@@ -8,7 +8,8 @@ A config with two or more speakers gives the speaker-mix graph (sid = per-frame 
 columns in the order of the config's spk map); otherwise sid is one speaker id. A vol input is added
 when the model was trained with vol_embedding. The export uses torch's TorchScript exporter
 (dynamo=False), the one that gives MoeSS's input names and dynamic axes. --check runs the exported
-graph in onnxruntime and compares it with the PyTorch model. The logic lives in modules.onnx_export.
+graph in onnxruntime and compares it with the PyTorch model. --index also writes the per-speaker faiss
+indexes MoeSS reads. The logic lives in modules.onnx_export and modules.onnx_index.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the config.json the model was trained with, instead of checkpoints/NAME/config.json")
     p.add_argument("-o", "--output_dir", default="checkpoints",
                    help="folder that receives NAME/NAME_SoVits.onnx and NAME.json (default checkpoints)")
+    p.add_argument("--index", default=None,
+                   help="a feature_and_index.pkl (train_index.py) to write as NAME/Index-<speaker id>.index "
+                        "(faiss files for MoeSS's feature retrieval)")
     p.add_argument("--check", action="store_true",
                    help="verify the file: onnx.checker, then onnxruntime vs PyTorch at two other lengths "
                         f"(fails when the largest difference exceeds {MAX_RELATIVE_ERROR:g} of the peak)")
@@ -58,6 +62,11 @@ def _run(args: argparse.Namespace) -> int:
                           name=name, check=args.check)
     print(f"wrote {result.onnx_path} ({'speaker-mix' if result.mix else 'single-speaker'} graph, "
           f"{result.seconds:.1f} s) and {result.json_path}")
+    if args.index:
+        from modules.onnx_index import export_feature_indexes
+
+        written = export_feature_indexes(args.index, out / name)
+        print(f"wrote {len(written)} feature index(es): " + ", ".join(p.name for p in written))
     worst = 0.0
     for check in result.checks:
         print(f"check T={check.frames}: max |onnx - torch| = {check.max_abs_error:.3g} "

@@ -156,8 +156,9 @@ def cli_export(tmp_path_factory):
 def test_cli_writes_the_moess_layout_and_passes_its_check(cli_export, monkeypatch, capsys):
     project, work = cli_export
     monkeypatch.chdir(work)
+    _write_feature_index_file(work / "feature_and_index.pkl", {0: 80, 1: 80})
     assert onnx_export.main(["-n", "demo", "-m", str(project.model), "-c", str(project.config), "-o", "out",
-                             "--check"]) == 0
+                             "--index", "feature_and_index.pkl", "--check"]) == 0
     out = capsys.readouterr().out
     assert "check passed" in out and out.count("check T=") == 2
     graph = work / "out" / "demo" / "demo_SoVits.onnx"
@@ -165,6 +166,7 @@ def test_cli_writes_the_moess_layout_and_passes_its_check(cli_export, monkeypatc
     assert meta["Characters"] == list(SPEAKERS) and meta["CharaMix"] is True and meta["Volume"] is False
     assert meta["Rate"] == 44100 and meta["Hop"] == 512 and meta["HiddenSize"] == 8
     assert meta["Folder"] == meta["Name"] == "demo"
+    assert sorted(p.name for p in (work / "out" / "demo").glob("Index-*.index")) == ["Index-0.index", "Index-1.index"]
     assert describe_inputs(graph)["sid"] == ("FLOAT", ["sid_dynamic_axes_1", len(SPEAKERS)])
 
 
@@ -230,3 +232,59 @@ def test_inference_main_onnx_backend_writes_the_same_file_layout(cli_export, tmp
     (result,) = list((tmp_path / "r").iterdir())
     out, sr = sf.read(result)
     assert sr == 44100 and len(out) == sf.info(src).frames and np.all(np.isfinite(out)) and np.max(np.abs(out)) > 0.01
+
+
+# ----------------------------------------------------------------------------------- feature indexes
+
+
+def _write_feature_index_file(path: Path, speakers: dict[int, int], dim: int = 16) -> dict[int, np.ndarray]:
+    """A feature_and_index.pkl as train_index.py writes it: pickle of {speaker id: trained IVF-Flat index}."""
+    import pickle
+
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = {}
+    indexes = {}
+    for speaker_id, rows in speakers.items():
+        x = rng.standard_normal((rows, dim)).astype(np.float32)
+        index = faiss.index_factory(dim, f"IVF{max(1, rows // 39)},Flat")
+        index.train(x)
+        index.add(x)
+        indexes[speaker_id] = index
+        vectors[speaker_id] = x
+    path.write_bytes(pickle.dumps(indexes))
+    return vectors
+
+
+def test_feature_indexes_are_written_per_speaker_for_moess(tmp_path):
+    import faiss
+
+    from modules.onnx_index import export_feature_indexes
+
+    vectors = _write_feature_index_file(tmp_path / "feature_and_index.pkl", {0: 120, 2: 90})
+    written = export_feature_indexes(tmp_path / "feature_and_index.pkl", tmp_path / "demo")
+    assert [p.name for p in written] == ["Index-0.index", "Index-2.index"]
+    for speaker_id, path in zip((0, 2), written):
+        index = faiss.read_index(str(path))
+        assert index.ntotal == len(vectors[speaker_id])
+        stored = index.reconstruct_n(0, index.ntotal)
+        # IVF keeps vectors per list: compare as sets of rows
+        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        np.testing.assert_array_equal(order(stored), order(vectors[speaker_id]))
+
+
+def test_feature_index_file_with_foreign_code_is_refused(tmp_path):
+    import pickle
+
+    from modules.errors import UnsafeCheckpointError
+    from modules.onnx_index import read_feature_indexes
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "feature_and_index.pkl"
+    bad.write_bytes(pickle.dumps({0: Evil()}))
+    with pytest.raises(UnsafeCheckpointError, match="builtins.print"):
+        read_feature_indexes(bad)
