@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from modules.cli import run_cli
 from modules.errors import InferenceError

@@ -26,9 +26,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -459,8 +460,23 @@ def describe_inputs(path: str | os.PathLike) -> dict[str, tuple[str, list[Any]]]
 
 
 __all__ = [
-    "OnnxSynthesizer", "GraphInterface", "CheckResult", "ExportResult", "export_model", "export_graph",
-    "verify_export", "moess_config", "write_moess_config", "build_wrapper", "load_synthesizer",
-    "describe_inputs", "interface_for", "wants_mix", "speaker_order", "with_random_inputs", "OPSET", "EXPORT_FRAMES",
+    "EXPORT_FRAMES",
+    "OPSET",
+    "CheckResult",
+    "ExportResult",
+    "GraphInterface",
+    "OnnxSynthesizer",
+    "build_wrapper",
+    "describe_inputs",
+    "export_graph",
+    "export_model",
+    "interface_for",
+    "load_synthesizer",
+    "moess_config",
+    "speaker_order",
+    "verify_export",
+    "wants_mix",
+    "with_random_inputs",
+    "write_moess_config",
 ]
 

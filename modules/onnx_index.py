@@ -79,4 +79,4 @@ def export_feature_indexes(pkl_path: str | os.PathLike, out_dir: str | os.PathLi
     return written
 
 
-__all__ = ["read_feature_indexes", "export_feature_indexes"]
+__all__ = ["export_feature_indexes", "read_feature_indexes"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,14 @@ from modules.onnx_export import AUDIO_OUTPUT, PHASE_INPUT, SOURCE_HARMONICS, SOU
 from modules.spkmix import SpeakerMix
 
 logger = logging.getLogger(__name__)
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception types (plain Exception subclasses) for unreadable or invalid files."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
 class OnnxSvcEngine(SvcEngine):
@@ -73,7 +82,7 @@ class OnnxSvcEngine(SvcEngine):
     @classmethod
     def load_onnx(cls, onnx_path: str | os.PathLike, config_path: str | os.PathLike, encoder: Any = None,
                   pretrain_dir: str | os.PathLike | None = None, threads: int = 0,
-                  encoder_window_seconds: float = 60.0) -> "OnnxSvcEngine":
+                  encoder_window_seconds: float = 60.0) -> OnnxSvcEngine:
         """An engine for an exported graph and the config it was exported from; threads 0 = onnxruntime's choice."""
         import onnxruntime as ort
 
@@ -84,7 +93,7 @@ class OnnxSvcEngine(SvcEngine):
             options.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+        except (RuntimeError, *_ort_errors()) as e:
             raise InferenceError(f"{onnx_path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
         return cls(session, load_config(config_path), encoder=encoder, pretrain_dir=pretrain_dir,
                    encoder_window_seconds=encoder_window_seconds, source=str(onnx_path))

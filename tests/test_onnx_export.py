@@ -14,7 +14,6 @@ import onnx_export
 from modules.config import load_config
 from modules.inference import ConvertOptions, SvcEngine
 from modules.onnx_export import (
-    AUDIO_OUTPUT,
     build_wrapper,
     describe_inputs,
     export_graph,
@@ -62,7 +61,7 @@ def exported(request, tmp_path_factory):
 
 
 def test_graph_interface_matches_the_reference_table(exported):
-    variant, wrapper, hps, path, _, _ = exported
+    variant, _, hps, path, _, _ = exported
     io = describe_inputs(path)
     ssl, inter, n_spk = int(hps.model.ssl_dim), int(hps.model.inter_channels), len(hps.spk)
     names = list(io)
@@ -83,7 +82,7 @@ def test_graph_interface_matches_the_reference_table(exported):
 
 
 def test_onnxruntime_equals_pytorch_at_other_lengths(exported):
-    _, wrapper, hps, path, _, _ = exported
+    _, wrapper, _, path, _, _ = exported
     checks = verify_export(wrapper, path, lengths=(23, 41))
     assert [c.frames for c in checks] == [23, 41]
     for c in checks:
@@ -93,7 +92,7 @@ def test_onnxruntime_equals_pytorch_at_other_lengths(exported):
 
 def test_export_wrapper_equals_the_synthesizer(exported):
     """The module that is exported computes what SynthesizerTrn.infer computes (same seed, same draws)."""
-    variant, wrapper, hps, _, model_path, config_path = exported
+    _, wrapper, hps, _, model_path, config_path = exported
     reference, _ = load_synthesizer(model_path, config_path)  # untouched attention modules
     iface = interface_for(reference, len(hps.spk) if wrapper.mix else 0)
     frames, ns = 24, 0.4
@@ -270,7 +269,7 @@ def test_feature_indexes_are_written_per_speaker_for_moess(tmp_path):
         assert index.ntotal == len(vectors[speaker_id])
         stored = index.reconstruct_n(0, index.ntotal)
         # IVF keeps vectors per list: compare as sets of rows
-        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        order = lambda a: a[np.lexsort(a.T[::-1])]
         np.testing.assert_array_equal(order(stored), order(vectors[speaker_id]))
 
 
