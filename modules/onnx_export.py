@@ -71,13 +71,12 @@ def _traceable_attention(self: nn.Module, x: torch.Tensor, c: torch.Tensor, x_ma
     v = v.view(b, self.n_heads, self.k_channels, t_k).transpose(2, 3)
     scores = torch.matmul(q, k.transpose(-2, -1))
     offset = (torch.arange(t_k, device=x.device).unsqueeze(0) - torch.arange(t_q, device=x.device).unsqueeze(1))
-    bands = []
-    if self.window_size is not None:
-        w = self.window_size
+    zero = scores.new_zeros(())
+    offsets = [] if self.window_size is None else list(range(-self.window_size, self.window_size + 1))
+    if offsets:
         rel = torch.matmul(q, self.emb_rel_k[0].transpose(0, 1))  # [B, H, T_q, 2w+1]
-        bands = [(offset == r).to(q.dtype) for r in range(-w, w + 1)]
-        for slot, band in enumerate(bands):
-            scores = scores + rel[..., slot:slot + 1] * band
+        for slot, r in enumerate(offsets):  # bool masks keep a long piece's memory low (1 byte per pair)
+            scores = scores + torch.where(offset == r, rel[..., slot:slot + 1], zero)
     allowed = None
     if x_mask is not None:
         valid = x_mask[:, 0, :].bool()
@@ -89,8 +88,8 @@ def _traceable_attention(self: nn.Module, x: torch.Tensor, c: torch.Tensor, x_ma
         scores = scores.masked_fill(~allowed, -1e4)
     p_attn = torch.softmax(scores, dim=-1)
     out = torch.matmul(p_attn, v)
-    if bands:
-        gathered = torch.stack([(p_attn * band).sum(-1) for band in bands], dim=-1)  # [B, H, T_q, 2w+1]
+    if offsets:
+        gathered = torch.stack([torch.where(offset == r, p_attn, zero).sum(-1) for r in offsets], dim=-1)
         out = out + torch.matmul(gathered, self.emb_rel_v[0])
     out = out.transpose(2, 3).contiguous().view(b, d, t_q)
     return self.conv_o(out)
