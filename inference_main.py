@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="reduced-precision synthesis (bf16 on CPU, fp16 on GPU)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                   help="synthesizer runtime: torch, or onnx (onnxruntime on CPU, faster there; see --onnx_model)")
+                   help="synthesizer runtime: torch, or onnx (onnxruntime on the CPU, faster there; -d, --fast and -a "
+                        "do not apply; see --onnx_model)")
     p.add_argument("--onnx_model", default=None,
                    help="exported graph for --backend onnx (default: <model>_SoVits.onnx next to -m, exported "
                         "from -m/-c when missing or older than them)")

@@ -271,7 +271,11 @@ def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLi
 
 
 def build_wrapper(model: nn.Module, hps: HParams, mix: bool | None = None) -> OnnxSynthesizer:
-    """The export module; `mix` None chooses as MoeSS's exporter does (two or more speakers -> mix)."""
+    """The export module; `mix` None chooses as MoeSS's exporter does (two or more speakers -> mix).
+
+    The model's attention modules are switched to the traceable formulation (same results), so pass a
+    model that is used for export only, or a copy.
+    """
     if mix is None:
         mix = wants_mix(hps)
     ids = [sid for _, sid in speaker_order(hps)] if mix else None
@@ -326,7 +330,7 @@ def moess_config(hps: HParams, name: str) -> dict[str, Any]:
 
 
 def write_moess_config(hps: HParams, name: str, path: str | os.PathLike) -> None:
-    write_text(path, json.dumps(moess_config(hps, name), indent=4, ensure_ascii=False))
+    write_text(path, json.dumps(moess_config(hps, name), indent=4))
 
 
 # ------------------------------------------------------------------------------------------- verification
