@@ -217,17 +217,17 @@ def test_onnx_engine_equals_the_torch_engine_with_the_same_draws(cli_export, tmp
     assert np.max(np.abs(got - expected)) <= LIMIT * np.max(np.abs(expected))
 
 
-def test_inference_main_onnx_backend_writes_the_same_file_layout(cli_export, tmp_path):
-    project, work = cli_export
-    graph = work / "out" / "demo" / "demo_SoVits.onnx"
-    if not graph.is_file():
-        pytest.skip("needs the CLI export test's file")
+def test_inference_main_onnx_backend_exports_once_and_writes_the_same_file_layout(cli_export, tmp_path):
+    """Without --onnx_model the graph is exported next to the checkpoint on first use."""
+    project, _ = cli_export
     src = tmp_path / "in.wav"
     sf.write(src, synth_singing("alto", 0.6, sr=44100, seed=4).audio, 44100)
+    graph = project.model.with_name("G_1_SoVits.onnx")
+    assert not graph.exists()
     code = inference_main.main(["-m", str(project.model), "-c", str(project.config), "-n", str(src), "-s", "alto",
-                                "--backend", "onnx", "--onnx_model", str(graph), "--results_dir", str(tmp_path / "r"),
+                                "--backend", "onnx", "--results_dir", str(tmp_path / "r"),
                                 "--pretrain_dir", str(project.root / "pretrain"), "--no_progress", "-wf", "wav"])
-    assert code == 0
+    assert code == 0 and graph.is_file()
     (result,) = list((tmp_path / "r").iterdir())
     out, sr = sf.read(result)
     assert sr == 44100 and len(out) == sf.info(src).frames and np.all(np.isfinite(out)) and np.max(np.abs(out)) > 0.01
