@@ -383,7 +383,7 @@ class CheckResult:
         return self.max_abs_error / max(self.peak, 1e-12)
 
 
-def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Sequence[int] = (61, 149),
+def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Sequence[int] = (47, 113),
                   seed: int = 0) -> list[CheckResult]:
     """onnx.checker on the file, then onnxruntime vs the PyTorch module on the same inputs (including the
     source's random draws) at each length; raises InferenceError on a checker failure."""
