@@ -8,7 +8,7 @@ The exported graph has the interface MoeSS expects from a so-vits-svc 4.1 `<Name
             the config names two or more speakers), vol [1, T] f32 (only with vol_embedding)
     output  audio [1, 1, T * hop] f32
 
-The graph computes exactly what `SynthesizerTrn.infer` computes for the same prior noise: units
+The graph computes what `SynthesizerTrn.infer` computes for the same random draws: units
 gathered by mel2ph, all-ones mask, the prior encoder, the reversed flow, and the NSF decoder whose
 harmonic source is built inside the graph from frame-rate f0 (phase accumulated per sample in
 float64, as the torch model does). The source's two random draws (initial harmonic phases, source
@@ -16,8 +16,9 @@ noise) stay inside the graph as RandomUniform / RandomNormalLike nodes, because 
 has no input for them. `verify_export` therefore checks a copy of the graph in which those two nodes
 are replaced by inputs, fed with the same values the PyTorch model uses.
 
-Only the TorchScript exporter (`dynamo=False`) reproduces this interface on current torch: the dynamo
-exporter needs onnxscript and names inputs and dynamic dimensions differently.
+The export uses torch's TorchScript exporter (`dynamo=False`): it takes the `dynamic_axes` that give
+MoeSS's names and dimensions, whereas the dynamo exporter (torch's default since 2.9) needs the
+onnxscript package, which this project does not install.
 """
 from __future__ import annotations
 

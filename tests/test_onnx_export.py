@@ -83,8 +83,8 @@ def test_graph_interface_matches_the_reference_table(exported):
 
 def test_onnxruntime_equals_pytorch_at_other_lengths(exported):
     _, wrapper, _, path, _, _ = exported
-    checks = verify_export(wrapper, path, lengths=(23, 41))
-    assert [c.frames for c in checks] == [23, 41]
+    checks = verify_export(wrapper, path, lengths=(23, 97))
+    assert [c.frames for c in checks] == [23, 97]  # below and above the 64-frame trace
     for c in checks:
         assert c.peak > 0.01  # the comparison is on real audio, not on silence
         assert c.relative_error <= LIMIT, c
