@@ -119,6 +119,32 @@ def test_export_wrapper_equals_the_synthesizer(exported):
     assert float((got - expected).abs().max()) <= LIMIT * float(expected.abs().max())
 
 
+def test_onnx_engine_refuses_what_its_graph_cannot_do(exported):
+    import onnxruntime as ort
+
+    from modules.config import HParams
+    from modules.errors import InferenceError
+    from modules.spkmix import MixSegment, SpeakerMix
+
+    variant, _, hps, path, _, _ = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    engine = OnnxSvcEngine(session, hps, encoder=object())
+    if variant == "single":  # one speaker id in, so no mixing
+        mix = SpeakerMix((0, 1), ((MixSegment(0.0, 1.0, 0.5, 0.5),), (MixSegment(0.0, 1.0, 0.5, 0.5),)))
+        g = engine.mix_condition(mix, np.linspace(0, 1, 5))
+        with pytest.raises(InferenceError, match="single-speaker graph cannot mix"):
+            engine._sid_input(g, 5)
+        assert engine._sid_input(engine.speaker_condition(0), 5).tolist() == [0]
+    else:  # per-frame weights over the config's speakers, in spk-map order
+        sid = engine._sid_input(engine.speaker_condition(int(hps.spk["bass"])), 4)
+        assert sid.shape == (4, len(hps.spk)) and np.all(sid[:, list(hps.spk).index("bass")] == 1.0)
+        assert np.all(sid.sum(axis=1) == 1.0)
+    other = hps.to_dict()
+    other["model"]["vol_embedding"] = variant == "single"
+    with pytest.raises(InferenceError, match="vol input"):
+        OnnxSvcEngine(session, HParams(**other), encoder=object())
+
+
 def test_moess_json_fields_and_hubert_quirk():
     cfg = load_config_dict({"gin_channels": 8, "vol_embedding": True}, {"b": 1, "a": 0})
     assert moess_config(cfg, "demo") == {
