@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-wf", "--wav_format", default="flac", choices=["wav", "flac", "ogg"], help="output format")
     p.add_argument("--spk_mix_file", default="spkmix.py", help="map file for -usm (default spkmix.py)")
     p.add_argument("--results_dir", default="results", help="output folder (default results)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="synthesizer runtime: torch, or onnx (onnxruntime on the CPU, faster there; -d, --fast and -a "
+                        "do not apply; see --onnx_model)")
+    p.add_argument("--onnx_model", default=None,
+                   help="exported graph for --backend onnx (default: <model>_SoVits.onnx next to -m, exported "
+                        "from -m/-c when missing or older than them)")
     add_convert_arguments(p)
     return p
 
@@ -44,7 +50,8 @@ def run(args: argparse.Namespace) -> None:
         speakers=args.spk_list, options=convert_options(args),
         spk_mix_file=args.spk_mix_file if args.use_spk_mix else None, raw_dir=args.raw_dir,
         results_dir=args.results_dir, wav_format=args.wav_format, device=args.device, fast=args.fast,
-        pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress,
+        pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress, backend=args.backend,
+        onnx_model=args.onnx_model,
     ))
     print(f"wrote {len(written)} file(s): " + ", ".join(str(p) for p in written))
 

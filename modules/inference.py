@@ -106,21 +106,26 @@ class SvcEngine:
         chunk_frames: int = 1024, fast: bool = False, pretrain_dir: str | os.PathLike | None = None,
         encoder_window_seconds: float = 60.0,
     ) -> None:
+        self._take_config(hps, encoder, pretrain_dir, encoder_window_seconds)
         self.model = model.eval()
-        self.pretrain_dir = pretrain_dir
-        self.hps = hps
         self.device = torch.device(device)
+        self.chunk_frames = chunk_frames
+        self.fast = fast and _reduced_precision_is_fast(self.device)
+        self.rf: ReceptiveField = receptive_field(model, hps.model)
+
+    def _take_config(self, hps: HParams, encoder: Any, pretrain_dir: str | os.PathLike | None,
+                     encoder_window_seconds: float) -> None:
+        """The settings every engine (torch or onnxruntime) reads from the model's config."""
+        self.hps = hps
         self.sr = hps.data.sampling_rate
         self.hop_length = hps.data.hop_length
         self.speakers: dict[str, int] = dict(hps.spk)
         self.n_speakers = hps.model.n_speakers
-        self.chunk_frames = chunk_frames
-        self.fast = fast and _reduced_precision_is_fast(self.device)
-        self.encoder_window_seconds = encoder_window_seconds
-        self.rf: ReceptiveField = receptive_field(model, hps.model)
-        self._encoder = encoder
         self.vol_embedding = hps.model.vol_embedding
         self.unit_mode = hps.data.unit_interpolate_mode
+        self._encoder = encoder
+        self.pretrain_dir = pretrain_dir
+        self.encoder_window_seconds = encoder_window_seconds
 
     # ----- construction ---------------------------------------------------------------------------------
 
@@ -180,6 +185,10 @@ class SvcEngine:
         """[1, gin, 1] embedding of one speaker."""
         g = torch.tensor([[spk_id]], dtype=torch.long, device=self.device)
         return self.model.embed_speaker(g)
+
+    def mix_condition(self, mix: SpeakerMix, times: np.ndarray) -> torch.Tensor:
+        """Time-varying speaker condition [1, gin, T] of a dynamic mix at output-time fractions `times`."""
+        return mix.embedding(self.model.emb_g.weight, times)
 
     # ----- features ---------------------------------------------------------------------------------------
 
@@ -324,7 +333,7 @@ class SvcEngine:
         feats = self.piece_features(src, options.transpose, predictor=predictor)
         if mix is not None:
             times = frame_times(piece.start, n_frames, self.hop_length, pad, total)
-            g = mix.embedding(self.model.emb_g.weight, times)
+            g = self.mix_condition(mix, times)
         else:
             g = g_fixed
         audio, _ = self.synthesize(feats, g, options.noise_scale, options.seed, options.auto_predict_f0)

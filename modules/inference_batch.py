@@ -52,6 +52,8 @@ class BatchRequest:
     fast: bool = False
     pretrain_dir: str | os.PathLike | None = None
     show_progress: bool = True
+    backend: str = "torch"  # "onnx": the exported graph on onnxruntime
+    onnx_model: str | os.PathLike | None = None  # None: <model>_SoVits.onnx next to the checkpoint
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,8 +130,14 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     """Convert every job for every speaker; returns the files written. Everything that can fail on the
     user's input (names, speakers, model, encoder weights) is checked before the first conversion."""
     jobs = resolve_jobs(request.names, request.transposes, request.raw_dir)
-    engine = SvcEngine.load(request.model_path, request.config_path, device=request.device, fast=request.fast,
-                            pretrain_dir=request.pretrain_dir)
+    if request.backend == "onnx":
+        from modules.onnx_inference import load_onnx_engine
+
+        engine = load_onnx_engine(request.model_path, request.config_path, request.onnx_model,
+                                  pretrain_dir=request.pretrain_dir)
+    else:
+        engine = SvcEngine.load(request.model_path, request.config_path, device=request.device, fast=request.fast,
+                                pretrain_dir=request.pretrain_dir)
     mix = None
     if request.spk_mix_file is not None:
         mix = load_spk_mix(request.spk_mix_file, engine.speakers, engine.n_speakers)
