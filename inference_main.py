@@ -18,9 +18,12 @@ from typing import Sequence
 
 import soundfile as sf
 
+from cluster.mixing import UnitMixer, resolve_cluster_path
+
 from modules.audio import AudioError, save_audio
 from modules.checkpoint import CheckpointError
 from modules.config import ConfigError
+from modules.errors import SvcError
 from modules.inference import ConvertOptions, InferenceError, SvcEngine
 from modules.inference_plan import output_name
 from modules.pitch import PREDICTOR_NAMES
@@ -53,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target speaker names (or numeric ids); each input is converted for each (default: first speaker)")
     p.add_argument("-a", "--auto_predict_f0", action="store_true",
                    help="use the model's f0 decoder (speech only; transposition then has no effect)")
+    p.add_argument("-cm", "--cluster_model_path", default="",
+                   help="k-means model (or feature index with -fr); empty with -cr > 0 means "
+                        "logs/44k/kmeans_10000.pt, or logs/44k/feature_and_index.pkl with -fr")
+    p.add_argument("-cr", "--cluster_infer_ratio", type=float, default=0,
+                   help="0..1: how far units are pulled toward the target speaker's own (less timbre leak, "
+                        "less clear words); 0 = off (default)")
+    p.add_argument("-fr", "--feature_retrieval", action="store_true",
+                   help="-cm/-cr refer to a faiss feature index (train_index.py) instead of a k-means model")
     p.add_argument("-lg", "--linear_gradient", type=float, default=0,
                    help="overlap and crossfade between forced slices, in seconds (with -cl)")
     p.add_argument("-f0p", "--f0_predictor", default="pm", choices=PREDICTOR_NAMES, help="F0 predictor (default pm)")
@@ -108,6 +119,20 @@ def resolve_jobs(names: Sequence[str], trans: Sequence[int], raw_dir: Path) -> l
     return jobs
 
 
+def _unit_mixer(args: argparse.Namespace, engine: SvcEngine, speakers: Sequence[str], spk_mix: bool):
+    """The -cm/-cr/-fr unit mixer, checked against every requested speaker before any work; None when off."""
+    path = resolve_cluster_path(args.cluster_model_path, args.cluster_infer_ratio, args.feature_retrieval)
+    if not path:
+        return None
+    if spk_mix:
+        logger.warning("-cr is ignored with -usm: the original skips cluster and feature retrieval with a speaker mix")
+        return None
+    mixer = UnitMixer(path, args.cluster_infer_ratio, args.feature_retrieval, engine.speakers)
+    for spk in speakers:
+        mixer.check(spk, int(engine.hps.model.ssl_dim))
+    return mixer
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     raw_dir, results = Path(args.raw_dir), Path(args.results_dir)
     jobs = resolve_jobs(args.clean_names, args.trans, raw_dir)
@@ -122,6 +147,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     speakers = args.spk_list or [min(engine.speakers, key=engine.speakers.get) if engine.speakers else "0"]
     for spk in speakers:  # fail before any work on an unknown speaker or a missing encoder file
         engine.resolve_speaker(spk)
+    unit_mixer = _unit_mixer(args, engine, speakers, mix is not None)
     _ = engine.encoder  # built now, so a missing pretrained file stops the run before any work
     if mix is not None:
         speakers = speakers[:1]
@@ -136,11 +162,12 @@ def run(args: argparse.Namespace) -> list[Path]:
             linear_gradient_retain=args.linear_gradient_retain, pad_seconds=args.pad_seconds, slice_db=args.slice_db,
             auto_predict_f0=args.auto_predict_f0, f0_predictor=args.f0_predictor,
             f0_threshold=args.f0_filter_threshold, noise_scale=args.noice_scale,
-            loudness_envelope_adjustment=args.loudness_envelope_adjustment, spk_mix=mix,
+            loudness_envelope_adjustment=args.loudness_envelope_adjustment, spk_mix=mix, unit_mixer=unit_mixer,
         )
         audio = engine.convert_file(job.source, options, show_progress=show)
         name = output_name(job.clean_name, job.transpose, str(spk), args.f0_predictor, args.wav_format,
-                           auto_f0=args.auto_predict_f0, spk_mix=mix is not None)
+                           auto_f0=args.auto_predict_f0, spk_mix=mix is not None,
+                           cluster_ratio=args.cluster_infer_ratio)
         out = results / name
         save_audio(out, audio, engine.sr)
         written.append(out)
@@ -150,7 +177,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 # Errors that mean "the user must change something": reported as one line, exit code 2.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    InferenceError, ConfigError, CheckpointError, AudioError, SpkMixError, SlicerError, SpeechEncoderError,
+    InferenceError, ConfigError, CheckpointError, AudioError, SpkMixError, SlicerError, SpeechEncoderError, SvcError,
 )
 
 
@@ -159,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.linear_gradient_retain <= 1:
         parser.error(f"-lgr must be in (0, 1], got {args.linear_gradient_retain}")
+    if not 0 <= args.cluster_infer_ratio <= 1:
+        parser.error(f"-cr must be in [0, 1], got {args.cluster_infer_ratio}")
     if args.clip < 0 or args.linear_gradient < 0 or args.pad_seconds < 0:
         parser.error("-cl, -lg and -p must not be negative")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

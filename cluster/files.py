@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +83,8 @@ def _as_centres(value: Any, path: Path, speaker: str) -> np.ndarray:
 def load_kmeans_file(path: str | os.PathLike) -> dict[str, SpeakerCentres]:
     """`{speaker name: SpeakerCentres}` from a kmeans_10000.pt (ours or the original's)."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a .pkl index is not one
+        raise CheckpointError(f"{path}: not a k-means model file (torch zip archive); for a feature index add -fr")
     try:
         with torch.serialization.safe_globals(_KMEANS_GLOBALS):
             data = safe_load(path)

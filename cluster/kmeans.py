@@ -74,9 +74,13 @@ def _faiss_kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarr
     if k == 1:
         return x.mean(axis=0, keepdims=True)
     # min_points_per_centroid=1: small cells are expected here, faiss would otherwise warn about each one
+    from sklearn.cluster import kmeans_plusplus
+
+    # k-means++ seeding costs about one Lloyd pass here and avoids most of random seeding's poor local minima
+    init, _ = kmeans_plusplus(x, k, random_state=seed, n_local_trials=1)
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, min_points_per_centroid=1,
                       max_points_per_centroid=1 << 30)
-    km.train(x)
+    km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
 
 
@@ -101,6 +105,22 @@ def _fit_two_level(x: np.ndarray, k: int, seed: int, iterations: int, progress: 
     return np.concatenate(centres).astype(np.float32)
 
 
+def _kmeans_plusplus_torch(data: torch.Tensor, sq: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k-means++ seeding (one candidate per step): each new centre is drawn with probability ∝ squared distance."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = [int(torch.randint(len(data), (1,), generator=generator))]
+    closest = (sq - 2.0 * data @ data[picks[0]] + sq[picks[0]]).clamp_min(0)
+    for _ in range(1, k):
+        weights = closest.double().cpu()
+        if float(weights.sum()) <= 0:  # every frame already sits on a centre: take any other frame
+            weights = torch.ones(len(data), dtype=torch.float64)
+            weights[picks] = 0
+        pick = int(torch.multinomial(weights, 1, generator=generator))
+        picks.append(pick)
+        closest = torch.minimum(closest, (sq - 2.0 * data @ data[pick] + sq[pick]).clamp_min(0))
+    return data[picks].clone()
+
+
 def _fit_torch(x: np.ndarray, k: int, seed: int, device: torch.device, max_iterations: int, tol: float,
                progress: bool, label: str) -> np.ndarray:
     """Full Lloyd k-means; empty centres are moved to the frames furthest from their centre."""
@@ -108,8 +128,7 @@ def _fit_torch(x: np.ndarray, k: int, seed: int, device: torch.device, max_itera
 
     data = torch.from_numpy(x).to(device)
     sq = (data * data).sum(dim=1)
-    generator = torch.Generator().manual_seed(seed)
-    centres = data[torch.randperm(len(x), generator=generator)[:k].to(device)].clone()
+    centres = _kmeans_plusplus_torch(data, sq, k, seed)
     chunk = max(1, (1 << 26) // max(k, 1)) if device.type != "cpu" else max(1, (1 << 22) // max(k, 1))
     previous = math.inf
     bar = tqdm(range(max_iterations), desc=f"k-means {label}".strip(), unit="pass", disable=not progress, leave=False)

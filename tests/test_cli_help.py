@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["resample.py", "preprocess_flist_config.py", "preprocess_hubert_f0.py", "train.py", "inference_main.py",
-           "compress_model.py", "quickstart.py"]
+           "compress_model.py", "quickstart.py", "train_index.py", "cluster/train_cluster.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
