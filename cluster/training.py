@@ -5,7 +5,8 @@
 - `train_feature_indexes`: a faiss `IVF{n},Flat` index per speaker ID (from the config's `spk` map) ->
   `<output_dir>/feature_and_index.pkl` (train_index.py). More than 200,000 units are first replaced by
   10,000 k-means centres; the IVF list count is n = min(int(16·sqrt(N)), N // 39), searched with nprobe 1;
-  vectors are added in batches of 8192.
+  vectors are added in batches of 8192. The IVF's coarse centres come from `cluster.kmeans` when there are
+  many lists (faiss's own full k-means would take minutes there).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ UNITS_SUFFIX = ".wav.soft.pt"
 INDEX_REDUCE_ABOVE = 200_000  # more units than this are summarised by k-means before indexing
 INDEX_REDUCED_SIZE = 10_000
 INDEX_ADD_BATCH = 8192
+FAST_QUANTIZER_LISTS = 256  # from this many IVF lists on, the coarse centres come from cluster.kmeans
 
 
 def speaker_unit_files(folder: Path) -> list[Path]:
@@ -149,9 +151,16 @@ def build_feature_index(units: np.ndarray, seed: int = 0, progress: bool = False
         rows = fit_centres(rows, INDEX_REDUCED_SIZE, seed=seed, progress=progress, label=label).centres
     n_lists = ivf_list_count(len(rows))
     index = faiss.index_factory(rows.shape[1], f"IVF{n_lists},Flat")
-    faiss.extract_index_ivf(index).cp.seed = seed
-    index.train(rows)
-    faiss.extract_index_ivf(index).nprobe = 1
+    ivf = faiss.extract_index_ivf(index)
+    if n_lists >= FAST_QUANTIZER_LISTS:
+        # faiss's own training is full k-means with n_lists centres (minutes for an hour of units); the
+        # two-level k-means gives the coarse centres in seconds, and the index is the same kind of file
+        ivf.quantizer.add(fit_centres(rows, n_lists, seed=seed, progress=progress, label=f"{label} lists").centres)
+        ivf.is_trained = True
+    else:
+        ivf.cp.seed = seed
+        index.train(rows)
+    ivf.nprobe = 1
     for start in range(0, len(rows), INDEX_ADD_BATCH):
         index.add(rows[start: start + INDEX_ADD_BATCH])
     return index
