@@ -19,7 +19,6 @@ from typing import Sequence
 import soundfile as sf
 
 from cluster.mixing import UnitMixer, resolve_cluster_path
-
 from modules.audio import AudioError, save_audio
 from modules.checkpoint import CheckpointError
 from modules.config import ConfigError
