@@ -264,7 +264,7 @@ def _dataset(root: Path) -> Path:
     return write_unit_files(root / "dataset" / "44k", clips)
 
 
-def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, capsys):
+def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, capsys, caplog):
     import cluster.train_cluster as train_cluster
 
     dataset = _dataset(project.root)
@@ -292,6 +292,14 @@ def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, c
     assert km_out.shape == fr_out.shape == plain.shape == (len(song),)
     assert not np.allclose(km_out, plain) and not np.allclose(fr_out, plain) and not np.allclose(km_out, fr_out)
 
+    # with a dynamic speaker mix the original skips cluster/retrieval: no mixer, a warning
+    args = inference_main.build_parser().parse_args(["-n", "song", "-usm", "-cr", "0.5"])
+    engine = SvcEngine.load(project.model, project.config, device="cpu")
+    with caplog.at_level("WARNING"):
+        assert inference_main._unit_mixer(args, engine, ["alto"], spk_mix=True) is None
+    assert "ignored with -usm" in caplog.text
+    assert isinstance(inference_main._unit_mixer(args, engine, ["alto"], spk_mix=False), UnitMixer)
+
     # a crafted -cm file is refused in one line and its command never runs
     marker = project.root / "pwned"
     bad = malicious_index(project.root / "evil.pkl", marker)
@@ -299,9 +307,9 @@ def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, c
     assert inference_main.main(base + ["-fr", "-cr", "0.5", "-cm", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "refused" in err and "evil.pkl" in err and not marker.exists()
-    assert inference_main.main(base + ["-cr", "0.5", "-cm", str(project.root / "logs/44k/feature_and_index.pkl")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "not a k-means model file" in err and "-fr" in err
+    args = inference_main.build_parser().parse_args(["-n", "song", "-cr", "0.5", "-cm", "logs/44k/feature_and_index.pkl"])
+    with pytest.raises(CheckpointError, match=r"feature_and_index\.pkl: not a k-means model file.*add -fr"):
+        inference_main._unit_mixer(args, engine, ["alto"], spk_mix=False)
 
 
 def test_parallel_speakers_give_the_same_centres(tmp_path):
