@@ -118,7 +118,8 @@ def resolve_jobs(names: Sequence[str], trans: Sequence[int], raw_dir: Path) -> l
     return jobs
 
 
-def _unit_mixer(args: argparse.Namespace, engine: SvcEngine, speakers: Sequence[str], spk_mix: bool):
+def _unit_mixer(args: argparse.Namespace, engine: SvcEngine, speakers: Sequence[str],
+                spk_mix: bool) -> UnitMixer | None:
     """The -cm/-cr/-fr unit mixer, checked against every requested speaker before any work; None when off."""
     path = resolve_cluster_path(args.cluster_model_path, args.cluster_infer_ratio, args.feature_retrieval)
     if not path:

@@ -15,6 +15,7 @@ an inert holder of those bytes and refuses every other global; the indexes are t
 """
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import os
@@ -101,7 +102,11 @@ def load_kmeans_file(path: str | os.PathLike) -> dict[str, SpeakerCentres]:
         if int(declared) != centres.shape[1]:
             raise CheckpointError(f"{path}: speaker '{speaker}': n_features_in_ {declared} but centres are "
                                   f"{centres.shape[1]} wide")
-        models[str(speaker)] = SpeakerCentres(centres, int(entry.get("_n_threads", 1)))
+        try:
+            n_threads = int(entry.get("_n_threads", 1))
+        except (TypeError, ValueError):
+            n_threads = 1  # only a hint for sklearn's predict in the original; not used here
+        models[str(speaker)] = SpeakerCentres(centres, n_threads)
     if not models:
         raise CheckpointError(f"{path}: the k-means model file holds no speakers")
     return models
@@ -154,6 +159,8 @@ class _IndexFileUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if _FAISS_MODULE.match(module) and re.fullmatch(r"Index[A-Za-z0-9_]*", name):
             return _index_holder(name)
+        if (module, name) == ("_codecs", "encode"):  # protocol 2 pickles bytes as encode(text, "latin1")
+            return codecs.encode
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a feature index file")
 
     def persistent_load(self, pid: Any) -> Any:

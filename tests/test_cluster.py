@@ -135,6 +135,10 @@ def test_index_file_round_trip_through_the_reference_layout(tmp_path):
     assert loaded[0].nlist == 10 and loaded[0].nprobe == 1 and loaded[2].nlist == 2
     np.testing.assert_array_equal(np.sort(loaded[0].reconstruct_n(0, 400), axis=0), np.sort(vectors[0], axis=0))
 
+    with open(tmp_path / "protocol2.pkl", "wb") as f:  # older pickles write bytes through _codecs.encode
+        pickle.dump({5: loaded[2]}, f, protocol=2)
+    assert load_index_file(tmp_path / "protocol2.pkl")[5].ntotal == 90
+
     save_index_file(loaded, tmp_path / "ours.pkl")
     with open(tmp_path / "ours.pkl", "rb") as f:
         raw = pickle.load(f)  # what the original does
