@@ -2,6 +2,7 @@
 
     python -m bench.cluster                  # 1 h = 180,000 frames, 10,000 centres, 2 threads
     python -m bench.cluster --device cuda    # the GPU path of cluster/train_cluster.py --gpu
+    python -m bench.cluster --threads 1      # on a busy machine: OpenMP threads of faiss/torch contend badly
 
 Units are synthetic but shaped like speech units: 400 "phone" prototypes in a 64-dim subspace,
 frames scattered around them, plus full-rank noise (random Gaussian frames would be the worst case
@@ -63,7 +64,18 @@ def main(argv: list[str] | None = None) -> int:
 
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    rows: list[tuple[str, str, str]] = []
+    width = 62
+
+    class _Rows(list):
+        """Prints each row when it is measured, so a slow run shows its progress."""
+
+        def append(self, row: tuple[str, str, str]) -> None:
+            super().append(row)
+            print(f"{row[0]:<{width}}  {row[1]:>8}  {row[2]}", flush=True)
+
+    print(f"{'measure':<{width}}  {'value':>8}  unit")
+    print(f"{'-' * width}  {'-' * 8}  ----", flush=True)
+    rows = _Rows()
     units = synthetic_units(args.frames, args.dim)
     hours = args.frames / 50 / 3600
 
@@ -104,11 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"{label}: one-time load", f"{once:.2f}", "s"))
             rows.append((f"{label}: added cost", f"{per_second * 1000:.1f}", "ms per audio s"))
 
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>8}  unit")
-    print(f"{'-' * width}  {'-' * 8}  ----")
-    for name, value, unit in rows:
-        print(f"{name:<{width}}  {value:>8}  {unit}")
     return 0
 
 
