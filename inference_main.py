@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
         spk_mix_file=args.spk_mix_file if args.use_spk_mix else None, raw_dir=args.raw_dir,
         results_dir=args.results_dir, wav_format=args.wav_format, device=args.device, fast=args.fast,
         pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress, backend=args.backend,
-        onnx_model=args.onnx_model,
+        onnx_model=args.onnx_model, cluster_model_path=args.cluster_model_path,
+        cluster_infer_ratio=args.cluster_infer_ratio, feature_retrieval=args.feature_retrieval,
     ))
     print(f"wrote {len(written)} file(s): " + ", ".join(str(p) for p in written))
 

@@ -70,6 +70,7 @@ class ConvertOptions:
     spk_mix: SpeakerMix | None = None  # -usm: dynamic mix (overrides `speaker`)
     seed: int | None = DEFAULT_SEED  # None = do not reseed
     slicing: bool = True  # False: treat the whole input as one voiced chunk
+    unit_mixer: Callable[[torch.Tensor, str | int], torch.Tensor] | None = None  # -cm/-cr/-fr (cluster.mixing)
 
 
 @dataclass
@@ -331,6 +332,8 @@ class SvcEngine:
         if n_frames == 0:
             return np.zeros(len(src), dtype=np.float32)
         feats = self.piece_features(src, options.transpose, predictor=predictor)
+        if options.unit_mixer is not None and mix is None:  # as the original: no cluster/retrieval with a speaker mix
+            feats.units = options.unit_mixer(feats.units, options.speaker)
         if mix is not None:
             times = frame_times(piece.start, n_frames, self.hop_length, pad, total)
             g = self.mix_condition(mix, times)

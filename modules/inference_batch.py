@@ -17,6 +17,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from cluster.mixing import UnitMixer, resolve_cluster_path
 from modules.audio import AUDIO_EXTENSIONS, save_audio
 from modules.errors import ConfigError, InferenceError
 from modules.inference import ConvertOptions, SvcEngine
@@ -54,6 +55,9 @@ class BatchRequest:
     show_progress: bool = True
     backend: str = "torch"  # "onnx": the exported graph on onnxruntime
     onnx_model: str | os.PathLike | None = None  # None: <model>_SoVits.onnx next to the checkpoint
+    cluster_model_path: str | os.PathLike = ""  # -cm ("" with a ratio: the default file in logs/44k)
+    cluster_infer_ratio: float = 0.0  # -cr
+    feature_retrieval: bool = False  # -fr: -cm is a faiss feature index
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,6 +66,14 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = only cut at silences")
     p.add_argument("-a", "--auto_predict_f0", action="store_true",
                    help="use the model's f0 decoder (speech only; transposition then has no effect)")
+    p.add_argument("-cm", "--cluster_model_path", default="",
+                   help="k-means model (or feature index with -fr); empty with -cr > 0 means "
+                        "logs/44k/kmeans_10000.pt, or logs/44k/feature_and_index.pkl with -fr")
+    p.add_argument("-cr", "--cluster_infer_ratio", type=float, default=0,
+                   help="0..1: how far units are pulled toward the target speaker's own (less timbre leak, "
+                        "less clear words); 0 = off (default)")
+    p.add_argument("-fr", "--feature_retrieval", action="store_true",
+                   help="-cm/-cr refer to a faiss feature index (train_index.py) instead of a k-means model")
     p.add_argument("-lg", "--linear_gradient", type=float, default=0,
                    help="overlap and crossfade between forced slices, in seconds (with -cl)")
     p.add_argument("-f0p", "--f0_predictor", default="pm", choices=PREDICTOR_NAMES, help="F0 predictor (default pm)")
@@ -126,6 +138,22 @@ def resolve_jobs(names: Sequence[str], transposes: Sequence[int], raw_dir: str |
     return jobs
 
 
+def _unit_mixer(request: BatchRequest, engine: SvcEngine, speakers: Sequence[str],
+                spk_mix: bool) -> UnitMixer | None:
+    """The -cm/-cr/-fr unit mixer, checked against every requested speaker before any work; None when off."""
+    path = resolve_cluster_path(str(request.cluster_model_path), request.cluster_infer_ratio,
+                                request.feature_retrieval)
+    if not path:
+        return None
+    if spk_mix:
+        logger.warning("-cr is ignored with -usm: the original skips cluster and feature retrieval with a speaker mix")
+        return None
+    mixer = UnitMixer(path, request.cluster_infer_ratio, request.feature_retrieval, engine.speakers)
+    for spk in speakers:
+        mixer.check(spk, engine.hps.model.ssl_dim)
+    return mixer
+
+
 def convert_batch(request: BatchRequest) -> list[Path]:
     """Convert every job for every speaker; returns the files written. Everything that can fail on the
     user's input (names, speakers, model, encoder weights) is checked before the first conversion."""
@@ -147,6 +175,7 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     speakers = list(request.speakers or [min(engine.speakers, key=engine.speakers.get) if engine.speakers else "0"])
     for spk in speakers:
         engine.resolve_speaker(spk)
+    unit_mixer = _unit_mixer(request, engine, speakers, mix is not None)
     _ = engine.encoder  # built now, so a missing pretrained file stops the run before any work
     if mix is not None:
         speakers = speakers[:1]
@@ -154,10 +183,11 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     written: list[Path] = []
     work = [(job, spk) for job in jobs for spk in speakers]
     for job, spk in tqdm(work, desc="files", unit="file", disable=not request.show_progress, position=0):
-        options = dataclasses.replace(base, speaker=spk, transpose=job.transpose, spk_mix=mix)
+        options = dataclasses.replace(base, speaker=spk, transpose=job.transpose, spk_mix=mix, unit_mixer=unit_mixer)
         audio = engine.convert_file(job.source, options, show_progress=request.show_progress)
         name = output_name(job.clean_name, job.transpose, str(spk), base.f0_predictor, request.wav_format,
-                           auto_f0=base.auto_predict_f0, spk_mix=mix is not None)
+                           auto_f0=base.auto_predict_f0, spk_mix=mix is not None,
+                           cluster_ratio=request.cluster_infer_ratio)
         out = Path(request.results_dir) / name
         save_audio(out, audio, engine.sr)
         written.append(out)
