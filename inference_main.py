@@ -21,6 +21,7 @@ import soundfile as sf
 from modules.audio import AudioError, save_audio
 from modules.checkpoint import CheckpointError
 from modules.config import ConfigError
+from modules.errors import SvcError
 from modules.inference import ConvertOptions, InferenceError, SvcEngine
 from modules.inference_plan import output_name
 from modules.pitch import PREDICTOR_NAMES
@@ -71,6 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the -lg overlap that is blended (0 < lgr <= 1, default 0.75)")
     p.add_argument("-ft", "--f0_filter_threshold", type=float, default=0.05,
                    help="voicing threshold of the crepe, rmvpe and fcpe predictors (default 0.05)")
+    p.add_argument("-eh", "--enhance", action="store_true",
+                   help="re-synthesise the output with the NSF-HiFiGAN vocoder (pretrain/nsf_hifigan/); off with -shd")
+    p.add_argument("-eak", "--enhancer_adaptive_key", type=float, default=0,
+                   help="semitones the enhancer shifts its working range by, for very high or low voices (default 0)")
+    p.add_argument("-shd", "--shallow_diffusion", action="store_true",
+                   help="refine the so-vits output with the diffusion model (-dm, -dc); turns -eh off")
+    p.add_argument("-ks", "--k_step", type=int, default=100,
+                   help="shallow diffusion depth in steps, at most the model's k_step_max (default 100)")
+    p.add_argument("-se", "--second_encoding", action="store_true",
+                   help="shallow diffusion: re-encode units from the so-vits output instead of the input")
+    p.add_argument("-od", "--only_diffusion", action="store_true",
+                   help="convert with the diffusion model and vocoder alone; no so-vits model (-m, -c unused)")
+    p.add_argument("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt",
+                   help="diffusion model (model_*.pt) for -shd / -od")
+    p.add_argument("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml",
+                   help="config.yaml the diffusion model was trained with")
+    p.add_argument("--diffusion_method", default=None, choices=["dpm-solver++", "dpm-solver", "pndm", "ddim", "unipc"],
+                   help="diffusion sampler (default: infer.method of the diffusion config)")
+    p.add_argument("--diffusion_speedup", type=int, default=None,
+                   help="steps skipped per solver step; 1 = full ancestral sampling (default: infer.speedup)")
+    p.add_argument("--vocoder_dir", default=None,
+                   help="NSF-HiFiGAN folder (config.json, model); default: the diffusion config's, or pretrain/nsf_hifigan")
     p.add_argument("--spk_mix_file", default="spkmix.py", help="map file for -usm (default spkmix.py)")
     p.add_argument("--raw_dir", default="raw", help="folder bare -n names are looked up in (default raw)")
     p.add_argument("--results_dir", default="results", help="output folder (default results)")
@@ -111,8 +134,21 @@ def resolve_jobs(names: Sequence[str], trans: Sequence[int], raw_dir: Path) -> l
 def run(args: argparse.Namespace) -> list[Path]:
     raw_dir, results = Path(args.raw_dir), Path(args.results_dir)
     jobs = resolve_jobs(args.clean_names, args.trans, raw_dir)
-    engine = SvcEngine.load(args.model_path, args.config_path, device=args.device, fast=args.fast,
-                            pretrain_dir=args.pretrain_dir)
+    from modules.diffusion_infer import DiffusionOnlyEngine, DiffusionOptions, attach
+
+    diff = DiffusionOptions(shallow=args.shallow_diffusion, only=args.only_diffusion, k_step=args.k_step,
+                            second_encoding=args.second_encoding, method=args.diffusion_method,
+                            speedup=args.diffusion_speedup, enhance=args.enhance,
+                            enhancer_adaptive_key=args.enhancer_adaptive_key)
+    if args.only_diffusion:
+        engine = DiffusionOnlyEngine.load(args.diffusion_model_path, args.diffusion_config_path, diff,
+                                          device=args.device, pretrain_dir=args.pretrain_dir,
+                                          vocoder_dir=args.vocoder_dir)
+    else:
+        engine = SvcEngine.load(args.model_path, args.config_path, device=args.device, fast=args.fast,
+                                pretrain_dir=args.pretrain_dir)
+        attach(engine, diff, args.diffusion_model_path, args.diffusion_config_path, args.vocoder_dir)
+    mode = "diff" if args.only_diffusion else "sovdiff" if args.shallow_diffusion else "sovits"
     mix = None
     if args.use_spk_mix:
         mix = load_spk_mix(args.spk_mix_file, engine.speakers, engine.n_speakers)
@@ -140,7 +176,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         )
         audio = engine.convert_file(job.source, options, show_progress=show)
         name = output_name(job.clean_name, job.transpose, str(spk), args.f0_predictor, args.wav_format,
-                           auto_f0=args.auto_predict_f0, spk_mix=mix is not None)
+                           auto_f0=args.auto_predict_f0, spk_mix=mix is not None, mode=mode)
         out = results / name
         save_audio(out, audio, engine.sr)
         written.append(out)
@@ -151,6 +187,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 # Errors that mean "the user must change something": reported as one line, exit code 2.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     InferenceError, ConfigError, CheckpointError, AudioError, SpkMixError, SlicerError, SpeechEncoderError,
+    SvcError,
 )
 
 
@@ -161,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"-lgr must be in (0, 1], got {args.linear_gradient_retain}")
     if args.clip < 0 or args.linear_gradient < 0 or args.pad_seconds < 0:
         parser.error("-cl, -lg and -p must not be negative")
+    if args.k_step < 0 or (args.diffusion_speedup is not None and args.diffusion_speedup < 1):
+        parser.error("-ks must not be negative and --diffusion_speedup must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         written = run(args)
