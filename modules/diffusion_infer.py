@@ -63,11 +63,15 @@ def load_vocoder(folder: str | os.PathLike, device: torch.device | str = "cpu") 
     if not (folder / "model").is_file():
         raise PretrainedFileMissing("The NSF-HiFiGAN vocoder", folder / "model", VOCODER_SOURCE)
     try:
-        return NsfHifiGan.load(folder, device=device)
+        vocoder = NsfHifiGan.load(folder, device=device)
     except VocoderError as e:
         raise CheckpointError(str(e)) from None
+    for p in vocoder.parameters():
+        p.requires_grad_(False)
+    return vocoder
 
 
+@torch.no_grad()
 def vocode(vocoder: Any, mel: torch.Tensor, f0: torch.Tensor, chunk_frames: int = 1024,
            log10: bool = False) -> torch.Tensor:
     """Audio [B, T*hop] of mel [B, T, M] and f0 [B, T]; long mels in windows, same result as whole."""
@@ -117,6 +121,8 @@ class DiffusionStage:
                               f"{args.data.block_size}) differ from the vocoder's ({vocoder.mel.sampling_rate}/"
                               f"{vocoder.mel.hop_size})")
         model = load_unit2mel(model_path, args, out_dims=int(vocoder.mel.num_mels), device=device)
+        for p in model.parameters():
+            p.requires_grad_(False)
         logger.info("loaded diffusion model %s (k_step_max %d) on %s", model_path, model.k_step_max, device)
         return cls(model, args, vocoder, torch.device(device), window_frames)
 
@@ -197,6 +203,7 @@ class PostProcessor:
         self.stage = stage
         self.enhancer = enhancer
 
+    @torch.no_grad()
     def __call__(self, audio: np.ndarray, feats: Any, f0_used: torch.Tensor, spk_id: int | None) -> np.ndarray:
         engine, opt = self.engine, self.options
         f0 = f0_used.float().reshape(1, -1)
@@ -292,6 +299,7 @@ def _make_only_engine(base: type, stage: DiffusionStage, options: DiffusionOptio
         def speaker_condition(self, spk_id: int) -> torch.Tensor:
             return torch.tensor([[spk_id]], dtype=torch.long)
 
+        @torch.no_grad()
         def _convert_piece(self, src, piece, pad, options, predictor, mix, g_fixed, total):  # noqa: ANN001
             if mix is not None:
                 raise InferenceError("speaker mixing (-usm) is not supported with diffusion")
