@@ -76,3 +76,50 @@ def write_diffusion_model(path: Path, config_path: Path, seed: int = 0, global_s
 
 def save_yaml(data: Mapping[str, Any], path: Path) -> None:
     Path(path).write_text(yaml.safe_dump(dict(data)), encoding="utf-8")
+
+
+def write_diffusion_features(wav: Path, seed: int = 0) -> None:
+    """x.wav.mel.npy, x.wav.aug_mel.npy and x.wav.aug_vol.npy as preprocess_hubert_f0.py --use_diff writes them."""
+    import numpy as np
+
+    from modules.audio import load_audio
+    from modules.features import nsf_mel, volume
+    from modules.fileio import save_numpy
+    from modules.safe_numpy import save_aug_mel
+
+    audio, _sr = load_audio(wav)
+    y = torch.from_numpy(audio)[None]
+    save_numpy(nsf_mel(y)[0].transpose(0, 1).numpy().astype(np.float32), Path(f"{wav}.mel.npy"))
+    rng = np.random.default_rng(seed)
+    keyshift = float(rng.uniform(-5, 5))
+    shifted = y * float(10 ** rng.uniform(-1, 0))
+    save_aug_mel(Path(f"{wav}.aug_mel.npy"), nsf_mel(shifted, keyshift=keyshift)[0].transpose(0, 1).numpy(), keyshift)
+    save_numpy(volume(shifted[0]).numpy().astype(np.float32), Path(f"{wav}.aug_vol.npy"))
+
+
+def make_diffusion_project(root: Path, unit_dim: int = 16, clips_per_speaker: int = 3, seconds: float = 1.6,
+                           overrides: Mapping[str, Any] | None = None) -> Path:
+    """A synthetic two-singer dataset with the --use_diff features and a tiny diffusion.yaml; returns its path."""
+    from tests.support.train_data import make_preprocessed_dataset
+
+    root = Path(root)
+    _config, train_list, val_list = make_preprocessed_dataset(root, speakers=("alto", "bass"),
+                                                              clips_per_speaker=clips_per_speaker, seconds=seconds,
+                                                              unit_dim=unit_dim)
+    wavs = train_list.read_text().split() + val_list.read_text().split()
+    for i, wav in enumerate(wavs):
+        write_diffusion_features(Path(wav), seed=i)
+    vocoder = write_vocoder_folder(root / "pretrain" / "nsf_hifigan")
+    base = {
+        "data": {"training_files": str(train_list), "validation_files": str(val_list), "duration": 0.5},
+        "env": {"expdir": str(root / "logs" / "44k" / "diffusion")},
+        "train": {"batch_size": 4, "interval_log": 10, "interval_val": 50, "interval_force_save": 100,
+                  "lr": 0.003, "num_workers": 0},
+        "infer": {"speedup": 100},
+        "model": {"n_chans": 32},
+    }
+    cfg = diffusion_config_dict(vocoder, unit_dim=unit_dim, n_spk=2, overrides=deep_update(base, dict(overrides or {})))
+    cfg["spk"] = {"alto": 0, "bass": 1}
+    path = root / "configs" / "diffusion.yaml"
+    save_yaml(cfg, path)
+    return path
