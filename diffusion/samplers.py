@@ -76,6 +76,7 @@ def pndm(x: torch.Tensor, denoise: Denoiser, alphas_cumprod: torch.Tensor, k: in
         if not history:
             x_mid = _plms_step(x, eps, t, speedup, alphas_cumprod)
             eps_next = denoise(x_mid, torch.clamp(t - speedup, min=0))
+            _tick(progress)  # the first step costs two denoiser calls
             eps_prime = (eps + eps_next) / 2
         elif len(history) == 1:
             eps_prime = (3 * eps - history[-1]) / 2
