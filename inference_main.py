@@ -15,7 +15,13 @@ import sys
 from typing import Sequence
 
 from modules.cli import run_cli
-from modules.inference_batch import BatchRequest, add_convert_arguments, convert_batch, convert_options
+from modules.inference_batch import (
+    BatchRequest,
+    add_convert_arguments,
+    convert_batch,
+    convert_options,
+    diffusion_options,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> None:
         pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress, backend=args.backend,
         onnx_model=args.onnx_model, cluster_model_path=args.cluster_model_path,
         cluster_infer_ratio=args.cluster_infer_ratio, feature_retrieval=args.feature_retrieval,
+        diffusion=diffusion_options(args), diffusion_model_path=args.diffusion_model_path,
+        diffusion_config_path=args.diffusion_config_path, vocoder_dir=args.vocoder_dir,
     ))
     print(f"wrote {len(written)} file(s): " + ", ".join(str(p) for p in written))
 

@@ -127,6 +127,8 @@ class SvcEngine:
         self._encoder = encoder
         self.pretrain_dir = pretrain_dir
         self.encoder_window_seconds = encoder_window_seconds
+        # optional step after synthesis (shallow diffusion or enhancer, modules.diffusion_infer.attach)
+        self.post_process: Callable[..., np.ndarray] | None = None
 
     # ----- construction ---------------------------------------------------------------------------------
 
@@ -339,8 +341,11 @@ class SvcEngine:
             g = self.mix_condition(mix, times)
         else:
             g = g_fixed
-        audio, _ = self.synthesize(feats, g, options.noise_scale, options.seed, options.auto_predict_f0)
+        audio, f0_used = self.synthesize(feats, g, options.noise_scale, options.seed, options.auto_predict_f0)
         result = audio[0, 0].cpu().numpy()
+        if self.post_process is not None:
+            spk_id = None if mix is not None else self.resolve_speaker(options.speaker)
+            result = self.post_process(result, feats, f0_used, spk_id)
         return loudness_envelope(src, result, self.sr, options.loudness_envelope_adjustment)
 
     def convert_file(

@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from cluster.mixing import UnitMixer, resolve_cluster_path
 from modules.audio import AUDIO_EXTENSIONS, save_audio
+from modules.config import DIFFUSION_METHODS
+from modules.diffusion_infer import DiffusionOnlyEngine, DiffusionOptions, attach
 from modules.errors import ConfigError, InferenceError
 from modules.inference import ConvertOptions, SvcEngine
 from modules.inference_plan import output_name
@@ -58,6 +60,10 @@ class BatchRequest:
     cluster_model_path: str | os.PathLike = ""  # -cm ("" with a ratio: the default file in logs/44k)
     cluster_infer_ratio: float = 0.0  # -cr
     feature_retrieval: bool = False  # -fr: -cm is a faiss feature index
+    diffusion: DiffusionOptions = field(default_factory=DiffusionOptions)  # -shd/-od/-eh and their settings
+    diffusion_model_path: str | os.PathLike = "logs/44k/diffusion/model_0.pt"
+    diffusion_config_path: str | os.PathLike = "logs/44k/diffusion/config.yaml"
+    vocoder_dir: str | os.PathLike | None = None  # None: the diffusion config's, or pretrain/nsf_hifigan
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +95,28 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of the -lg overlap that is blended (0 < lgr <= 1, default 0.75)")
     p.add_argument("-ft", "--f0_filter_threshold", type=float, default=0.05,
                    help="voicing threshold of the crepe, rmvpe and fcpe predictors (default 0.05)")
+    p.add_argument("-eh", "--enhance", action="store_true",
+                   help="re-synthesise the output with the NSF-HiFiGAN vocoder (pretrain/nsf_hifigan/); off with -shd")
+    p.add_argument("-eak", "--enhancer_adaptive_key", type=float, default=0,
+                   help="semitones the enhancer shifts its working range by, for very high or low voices (default 0)")
+    p.add_argument("-shd", "--shallow_diffusion", action="store_true",
+                   help="refine the so-vits output with the diffusion model (-dm, -dc); turns -eh off")
+    p.add_argument("-ks", "--k_step", type=int, default=100,
+                   help="shallow diffusion depth in steps, at most the model's k_step_max (default 100)")
+    p.add_argument("-se", "--second_encoding", action="store_true",
+                   help="shallow diffusion: re-encode units from the so-vits output instead of the input")
+    p.add_argument("-od", "--only_diffusion", action="store_true",
+                   help="convert with the diffusion model and vocoder alone; no so-vits model (-m, -c unused)")
+    p.add_argument("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt",
+                   help="diffusion model (model_*.pt) for -shd / -od")
+    p.add_argument("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml",
+                   help="config.yaml the diffusion model was trained with")
+    p.add_argument("--diffusion_method", default=None, choices=DIFFUSION_METHODS,
+                   help="diffusion sampler (default: infer.method of the diffusion config)")
+    p.add_argument("--diffusion_speedup", type=int, default=None,
+                   help="steps skipped per solver step; 1 = full ancestral sampling (default: infer.speedup)")
+    p.add_argument("--vocoder_dir", default=None,
+                   help="NSF-HiFiGAN folder (config.json, model); default: the diffusion config's, or pretrain/nsf_hifigan")
     p.add_argument("--raw_dir", default="raw", help="folder bare -n names are looked up in (default raw)")
     p.add_argument("--pretrain_dir", default="pretrain", help="folder with the speech encoder's weights (default pretrain)")
     p.add_argument("--fast", action="store_true", help="reduced-precision synthesis (bf16 on CPU, fp16 on GPU)")
@@ -107,6 +135,14 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         auto_predict_f0=args.auto_predict_f0, f0_predictor=args.f0_predictor, f0_threshold=args.f0_filter_threshold,
         noise_scale=args.noice_scale, loudness_envelope_adjustment=args.loudness_envelope_adjustment,
     )
+
+
+def diffusion_options(args: argparse.Namespace) -> DiffusionOptions:
+    """DiffusionOptions from the flags of `add_convert_arguments`."""
+    return DiffusionOptions(shallow=args.shallow_diffusion, only=args.only_diffusion, k_step=args.k_step,
+                            second_encoding=args.second_encoding, method=args.diffusion_method,
+                            speedup=args.diffusion_speedup, enhance=args.enhance,
+                            enhancer_adaptive_key=args.enhancer_adaptive_key)
 
 
 def audio_files(folder: Path) -> list[Path]:
@@ -158,14 +194,22 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     """Convert every job for every speaker; returns the files written. Everything that can fail on the
     user's input (names, speakers, model, encoder weights) is checked before the first conversion."""
     jobs = resolve_jobs(request.names, request.transposes, request.raw_dir)
-    if request.backend == "onnx":
-        from modules.onnx_inference import load_onnx_engine
-
-        engine = load_onnx_engine(request.model_path, request.config_path, request.onnx_model,
-                                  pretrain_dir=request.pretrain_dir)
+    diff = request.diffusion
+    if diff.only:
+        engine = DiffusionOnlyEngine.load(request.diffusion_model_path, request.diffusion_config_path, diff,
+                                          device=request.device, pretrain_dir=request.pretrain_dir,
+                                          vocoder_dir=request.vocoder_dir)
     else:
-        engine = SvcEngine.load(request.model_path, request.config_path, device=request.device, fast=request.fast,
-                                pretrain_dir=request.pretrain_dir)
+        if request.backend == "onnx":
+            from modules.onnx_inference import load_onnx_engine
+
+            engine = load_onnx_engine(request.model_path, request.config_path, request.onnx_model,
+                                      pretrain_dir=request.pretrain_dir)
+        else:
+            engine = SvcEngine.load(request.model_path, request.config_path, device=request.device,
+                                    fast=request.fast, pretrain_dir=request.pretrain_dir)
+        attach(engine, diff, request.diffusion_model_path, request.diffusion_config_path, request.vocoder_dir)
+    mode = "diff" if diff.only else "sovdiff" if diff.shallow else "sovits"
     mix = None
     if request.spk_mix_file is not None:
         mix = load_spk_mix(request.spk_mix_file, engine.speakers, engine.n_speakers)
@@ -187,7 +231,7 @@ def convert_batch(request: BatchRequest) -> list[Path]:
         audio = engine.convert_file(job.source, options, show_progress=request.show_progress)
         name = output_name(job.clean_name, job.transpose, str(spk), base.f0_predictor, request.wav_format,
                            auto_f0=base.auto_predict_f0, spk_mix=mix is not None,
-                           cluster_ratio=request.cluster_infer_ratio)
+                           cluster_ratio=request.cluster_infer_ratio, mode=mode)
         out = Path(request.results_dir) / name
         save_audio(out, audio, engine.sr)
         written.append(out)

@@ -143,8 +143,9 @@ class ExcitationStream:
         b = min(a + self.block, self.f0.shape[1])
         f0 = torch.repeat_interleave(self.f0[:, a:b].unsqueeze(-1), self.hop, dim=1)  # [B, n, 1]
         rad = (f0 * self.harmonics / src.sampling_rate) % 1
-        if a == 0:
-            rad[:, 0, :] = rad[:, 0, :] + self.rand_ini.to(rad.dtype)
+        if a == 0:  # the openvpi source adds the initial phases to the whole first frame, so-vits to one sample
+            init = getattr(src, "phase_init_samples", 1)
+            rad[:, :init, :] = rad[:, :init, :] + self.rand_ini.to(rad.dtype).unsqueeze(1)
         acc = self._scan(self.sum_rad, rad)
         self.sum_rad = acc[:, -1:]
         wrapped = acc.to(rad.dtype) % 1
