@@ -589,6 +589,13 @@ def _default_timeline(root: Path) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip() + "\n"
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning for binding anything but loopback (None for loopback)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return f"binding {host}: anyone who can reach this machine on the network can use the web UI and its models"
+
+
 def use_upload_folder(folder: Path) -> Path:
     """Point Gradio's upload/cache folder at `folder` (read when components are built), so that the
     callbacks can accept uploaded paths only from inside it."""
@@ -604,8 +611,9 @@ def launch(
 ) -> tuple[Any, WebUI]:
     """Start the server (blocking unless `prevent_thread_lock`); uploads live in a fresh temp folder."""
     upload_dir = use_upload_folder(Path(tempfile.mkdtemp(prefix="svc41-webui-")))
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: anyone who can reach this machine can use the web UI and its models", host)
+    warning = exposure_warning(host)
+    if warning:
+        logger.warning(warning)
     if share:
         logger.warning("--share publishes the web UI through a public Gradio link")
     ui = WebUI(root, upload_dir=upload_dir, pretrain_dir=pretrain_dir)
