@@ -148,7 +148,7 @@ class ConvertField:
 
 CONVERT_FIELDS: tuple[ConvertField, ...] = (
     ConvertField("transpose", "Transpose (semitones)", "number", 0, "-t: shifts the pitch; 12 is one octave up",
-                 cast=lambda v: int(round(float(v)))),
+                 cast=lambda v: round(float(v))),
     ConvertField("auto_predict_f0", "Auto-predict F0", "checkbox", False,
                  "-a: the model's own F0; for speech only (singing goes off pitch), makes transpose ineffective"),
     ConvertField("f0_predictor", "F0 predictor", "dropdown", "pm",
@@ -448,7 +448,8 @@ def f0_figure(curves: dict[str, np.ndarray]) -> Any:
             ax.plot(curves["times"], np.where(curves[key] > 0, curves[key], np.nan), line, color=colour, label=key,
                     linewidth=1.2)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel(f"F0 (Hz, measured with {PLOT_F0_PREDICTOR})")
+    ax.set_ylabel("F0 (Hz)")
+    ax.set_title(f"measured with {PLOT_F0_PREDICTOR}; gaps are unvoiced", fontsize=9)
     ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
@@ -458,7 +459,7 @@ def f0_figure(curves: dict[str, np.ndarray]) -> Any:
 
 
 def _component(gr: Any, f: ConvertField) -> Any:
-    common = dict(label=f.label, value=f.default, info=f.info or None)
+    common = {"label": f.label, "value": f.default, "info": f.info or None}
     if f.kind == "number":
         return gr.Number(minimum=f.minimum, maximum=f.maximum, **common)
     if f.kind == "slider":
@@ -490,7 +491,7 @@ def build_app(ui: WebUI) -> Any:
     def unload():
         return ui.unload_model().markdown, gr.update(choices=[], value=None)
 
-    def convert(audio_file, speaker, *values, progress=gr.Progress(track_tqdm=True)):
+    def convert(audio_file, speaker, *values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it)
         result = ui.convert(audio_file, speaker, dict(zip(FIELD_NAMES, values)), progress=progress,
                             show_progress=True)
         path = str(result.output) if result.output else None
@@ -515,31 +516,29 @@ def build_app(ui: WebUI) -> Any:
                 model_choice = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
                                            label="Model (scan of logs/44k/ and trained/)", elem_id="model_choice")
                 refresh_btn = gr.Button("Refresh", elem_id="refresh")
-            with gr.Accordion("...or upload a G file and its config.json", open=False):
-                with gr.Row():
-                    model_upload = gr.File(label="G_*.pth", file_types=[".pth"], type="filepath")
-                    config_upload = gr.File(label="config.json", file_types=[".json"], type="filepath")
+            with gr.Accordion("...or upload a G file and its config.json", open=False), gr.Row():
+                model_upload = gr.File(label="G_*.pth", file_types=[".pth"], type="filepath")
+                config_upload = gr.File(label="config.json", file_types=[".json"], type="filepath")
             device = gr.Dropdown(choices=available_devices(), value="auto", label="Device")
             with gr.Row():
                 load_btn = gr.Button("Load", variant="primary", elem_id="load")
                 unload_btn = gr.Button("Unload", elem_id="unload")
             model_status = gr.Markdown("No model loaded", elem_id="model_status")
             # Cluster / feature-retrieval and diffusion model pickers belong here once the engine has them.
-        with gr.Tab("Convert"):
-            with gr.Row():
-                with gr.Column():
-                    audio_in = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input audio",
-                                        elem_id="audio_in")
-                    speaker = gr.Dropdown(choices=[], label="Speaker", elem_id="speaker")
-                    basic = [_component(gr, f) for f in CONVERT_FIELDS if not f.advanced]
-                    with gr.Accordion("Slicing, padding, crossfade, speaker mix", open=False):
-                        advanced = [_component(gr, f) for f in CONVERT_FIELDS if f.advanced]
-                    convert_btn = gr.Button("Convert", variant="primary", elem_id="convert")
-                with gr.Column():
-                    convert_status = gr.Markdown("", elem_id="convert_status")
-                    audio_out = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="audio_out")
-                    download = gr.File(label="Download", interactive=False, elem_id="download")
-                    f0_plot = gr.Plot(label="F0: input, requested and output", elem_id="f0_plot")
+        with gr.Tab("Convert"), gr.Row():
+            with gr.Column():
+                audio_in = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input audio",
+                                    elem_id="audio_in")
+                speaker = gr.Dropdown(choices=[], label="Speaker", elem_id="speaker")
+                basic = [_component(gr, f) for f in CONVERT_FIELDS if not f.advanced]
+                with gr.Accordion("Slicing, padding, crossfade, speaker mix", open=False):
+                    advanced = [_component(gr, f) for f in CONVERT_FIELDS if f.advanced]
+                convert_btn = gr.Button("Convert", variant="primary", elem_id="convert")
+            with gr.Column():
+                convert_status = gr.Markdown("", elem_id="convert_status")
+                audio_out = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="audio_out")
+                download = gr.File(label="Download", interactive=False, elem_id="download", height=90)
+                f0_plot = gr.Plot(label="F0: input, requested and output", elem_id="f0_plot")
         by_name = {f.target: c for f, c in zip([f for f in CONVERT_FIELDS if not f.advanced], basic)}
         by_name.update({f.target: c for f, c in zip([f for f in CONVERT_FIELDS if f.advanced], advanced)})
         field_components = [by_name[name] for name in FIELD_NAMES]
@@ -552,7 +551,7 @@ def build_app(ui: WebUI) -> Any:
                 mix_name = gr.Textbox(label="Name (written to trained/<name>/model.pth)", value="mixed")
                 mix_btn = gr.Button("Mix")
                 mix_status = gr.Markdown("")
-                mix_file = gr.File(label="Mixed model", interactive=False)
+                mix_file = gr.File(label="Mixed model", interactive=False, height=90)
             with gr.Accordion("Compression (release file without training-only weights)", open=True):
                 with gr.Row():
                     compress_choice = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
@@ -560,7 +559,7 @@ def build_app(ui: WebUI) -> Any:
                     compress_half = gr.Checkbox(label="float16 (half the size)", value=False)
                 compress_btn = gr.Button("Compress")
                 compress_status = gr.Markdown("")
-                compress_file = gr.File(label="Release file", interactive=False)
+                compress_file = gr.File(label="Release file", interactive=False, height=90)
             with gr.Accordion("Speaker-mix timeline (spkmix.py)", open=True):
                 mix_text = gr.Code(value=_default_timeline(ui.root), language="python",
                                    label="spk_mix_map = {speaker id: [[t_start, t_end, v_start, v_end], ...]}")
