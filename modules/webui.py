@@ -515,7 +515,7 @@ def build_app(ui: WebUI) -> Any:
             with gr.Row():
                 model_choice = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
                                            label="Model (scan of logs/44k/ and trained/)", elem_id="model_choice")
-                refresh_btn = gr.Button("Refresh", elem_id="refresh")
+                refresh_btn = gr.Button("Refresh", elem_id="refresh", scale=0)
             with gr.Accordion("...or upload a G file and its config.json", open=False), gr.Row():
                 model_upload = gr.File(label="G_*.pth", file_types=[".pth"], type="filepath")
                 config_upload = gr.File(label="config.json", file_types=[".json"], type="filepath")

@@ -6,10 +6,12 @@ check its length and sample rate; then an error shown in the page. Needs Debian'
 skipped with that reason, unless SVC41_REQUIRE_BROWSER=1 (CI) makes that a failure; a browser that
 exists but does not start is always a failure.
 
-With SVC41_SCREENSHOTS=<folder> it also saves a PNG of each tab (the README's pictures).
+`SVC41_SCREENSHOTS=docs python -m pytest -q tests/test_webui_browser.py` also saves a PNG of each
+tab: the README's pictures.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -120,10 +122,19 @@ def _open_tab(driver, name: str) -> None:
 
 
 def _screenshot(driver, name: str) -> None:
+    """With SVC41_SCREENSHOTS set: the page down to its last content, 800 px wide, 64 colours (small PNGs)."""
     folder = os.environ.get("SVC41_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / f"webui_{name}.png"))
+    if not folder:
+        return
+    from PIL import Image, ImageOps
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    im = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    w, h = im.size
+    ink = ImageOps.invert(im.crop((0, 0, w, h - 70)).convert("L")).point(lambda v: 255 if v > 8 else 0)
+    im = im.crop((0, 0, w, min(h, ink.getbbox()[3] + 16)))  # drop the empty space above Gradio's footer
+    im = im.resize((800, round(im.height * 800 / w)), Image.LANCZOS)
+    im.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(Path(folder) / f"webui_{name}.png", optimize=True)
 
 
 def test_convert_a_clip_in_the_browser(server, browser, tmp_path):
