@@ -568,6 +568,7 @@ def build_app(ui: WebUI) -> Any:
                 validate_status = gr.Markdown("")
 
         refresh_btn.click(refresh, outputs=[model_choice, mix_models, compress_choice])
+        app.load(refresh, outputs=[model_choice, mix_models, compress_choice])  # models trained since start appear
         load_btn.click(load, inputs=[model_choice, model_upload, config_upload, device],
                        outputs=[model_status, speaker])
         unload_btn.click(unload, outputs=[model_status, speaker])

@@ -20,7 +20,6 @@ from modules.webui import (
     options_from_values,
     safe_file_name,
     scan_models,
-    use_upload_folder,
 )
 from tests.support.h6_models import write_tiny_project
 from tests.support.voices import synth_singing
@@ -34,7 +33,7 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui(project):
-    ui = WebUI(project.root, upload_dir=use_upload_folder(project.root / "uploads"))
+    ui = WebUI(project.root, upload_dir=project.root / "uploads")
     reply, speakers = ui.load_model("logs/44k/G_1.pth", device="cpu")
     assert reply.ok, reply.message
     assert speakers == ["alto", "bass", "soprano"]

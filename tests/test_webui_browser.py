@@ -67,15 +67,15 @@ def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90.0) ->
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    project = write_tiny_project(tmp_path_factory.mktemp("webui_browser"))
+    """webUI.py on a tiny project; the server boots while the project is written (the page scans on load)."""
+    root = tmp_path_factory.mktemp("webui_browser")
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "webUI.py"), "--root", str(project.root), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "webUI.py"), "--root", str(root), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_for_server(url, proc)
-        yield url, project
+        write_tiny_project(root)
+        yield f"http://127.0.0.1:{port}/", proc
     finally:
         proc.terminate()
         try:
@@ -137,11 +137,16 @@ def _screenshot(driver, name: str) -> None:
     im.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(Path(folder) / f"webui_{name}.png", optimize=True)
 
 
-def test_convert_a_clip_in_the_browser(server, browser, tmp_path):
-    url, _ = server
+def test_convert_a_clip_in_the_browser(browser, server, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, proc = server
     driver = browser
+    _wait_for_server(url, proc)
     driver.get(url)
     _wait_text(driver, "model_status", "No model loaded", timeout=60)
+    WebDriverWait(driver, 30).until(  # the page scans the model folders when it loads
+        lambda d: d.find_element("css selector", "#model_choice input").get_attribute("value") == "logs/44k/G_1.pth")
 
     # An error shown in the page (and the server keeps serving): converting before loading a model.
     clip = tmp_path / "phrase.wav"
@@ -159,8 +164,6 @@ def test_convert_a_clip_in_the_browser(server, browser, tmp_path):
     _open_tab(driver, "Convert")
     upload = driver.find_element("css selector", "#audio_in input[type='file']")
     upload.send_keys(str(clip))
-    from selenium.webdriver.support.ui import WebDriverWait
-
     # The player replaces the upload prompt once the file is on the server.
     WebDriverWait(driver, 30).until(lambda d: d.find_elements("css selector", "#audio_in audio"))
     driver.find_element("id", "convert").click()
