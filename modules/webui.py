@@ -298,13 +298,26 @@ class WebUI:
                 self.engine, self.model_label, self.spk_mix = engine, label, None
         except SvcError as e:
             return Reply(str(e), ok=False), []
-        speakers = sorted(engine.speakers, key=engine.speakers.get) or [str(i) for i in range(engine.n_speakers)]
-        return Reply(f"Loaded {label} on {engine.device} ({engine.sr} Hz, speakers: {', '.join(speakers)})"), speakers
+        return self.current()
 
     def unload_model(self) -> Reply:
         with self._lock:
+            on_gpu = self.engine is not None and self.engine.device.type == "cuda"
             self.engine, self.model_label, self.spk_mix = None, "", None
+        if on_gpu:
+            import torch
+
+            torch.cuda.empty_cache()  # hand the memory back to other programs, not just to torch's cache
         return Reply("No model loaded")
+
+    def current(self) -> tuple[Reply, list[str]]:
+        """What a freshly opened page shows: the loaded model (shared by all pages) and its speakers."""
+        engine = self.engine
+        if engine is None:
+            return Reply("No model loaded"), []
+        speakers = sorted(engine.speakers, key=engine.speakers.get) or [str(i) for i in range(engine.n_speakers)]
+        return Reply(f"Loaded {self.model_label} on {engine.device} ({engine.sr} Hz, speakers: "
+                     f"{', '.join(speakers)})"), speakers
 
     # ----- Convert tab -------------------------------------------------------------------------------
 
@@ -334,7 +347,7 @@ class WebUI:
                 if progress is not None:
                     progress(0.0, desc="converting")
                 converted = engine.convert(audio, sr, options, show_progress=show_progress)
-            name = output_name(Path(safe_file_name(source.stem, "audio")).name, options.transpose, str(speaker),
+            name = output_name(safe_file_name(source.stem, "audio"), options.transpose, safe_file_name(str(speaker)),
                                options.f0_predictor, request["wav_format"], auto_f0=options.auto_predict_f0,
                                spk_mix=mix is not None)
             out = self.results_dir / name
@@ -361,6 +374,10 @@ class WebUI:
                 raise InferenceError(f"model '{missing[0]}' is not in the scan; press Refresh")
             rates = _parse_rates(rates_text, len(choices))
             folder = self.root / "trained" / safe_file_name(name, "mixed")
+            others = sorted(p.name for p in folder.glob("*") if p.name not in ("model.pth", "config.json"))
+            if others:  # a second .pth/.json would make that folder unusable for the scan
+                raise InferenceError(f"trained/{folder.name} already holds another model ({others[0]}); "
+                                     f"choose another name")
             out = mix_checkpoints([models[c].model for c in choices], rates, mode, folder / "model.pth")
             shutil.copyfile(models[choices[0]].config, folder / "config.json")
         except SvcError as e:
@@ -473,6 +490,28 @@ def _component(gr: Any, f: ConvertField) -> Any:
     raise ValueError(f"unknown field kind {f.kind}")
 
 
+def guarded(handler: Callable[..., tuple], n_outputs: int, status_index: int = 0) -> Callable[..., tuple]:
+    """`handler` for Gradio: an unexpected exception (a bug, CUDA out of memory...) is logged with its
+    traceback on the server and shown in the page as one line in the status output; other outputs keep
+    their values. Project errors never get here: the WebUI methods turn them into messages."""
+    import functools
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> tuple:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (the page must get a message and the server must keep serving)
+            logger.exception("web UI: %s failed", getattr(handler, "__name__", "handler"))
+            import gradio as gr
+
+            outputs = [gr.update() for _ in range(n_outputs)]
+            outputs[status_index] = Reply(f"internal error ({type(e).__name__}: {e}); details in the server log",
+                                          ok=False).markdown
+            return tuple(outputs)
+
+    return wrapper
+
+
 def build_app(ui: WebUI) -> Any:
     """The Blocks: Model, Convert and Tools tabs wired to `ui`'s callbacks."""
     import gradio as gr
@@ -490,6 +529,10 @@ def build_app(ui: WebUI) -> Any:
 
     def unload():
         return ui.unload_model().markdown, gr.update(choices=[], value=None)
+
+    def on_page_load():
+        reply, speakers = ui.current()
+        return (*refresh(), reply.markdown, gr.update(choices=speakers, value=speakers[0] if speakers else None))
 
     def convert(audio_file, speaker, *values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it)
         result = ui.convert(audio_file, speaker, dict(zip(FIELD_NAMES, values)), progress=progress,
@@ -567,16 +610,20 @@ def build_app(ui: WebUI) -> Any:
                 validate_btn = gr.Button("Validate and use")
                 validate_status = gr.Markdown("")
 
-        refresh_btn.click(refresh, outputs=[model_choice, mix_models, compress_choice])
-        app.load(refresh, outputs=[model_choice, mix_models, compress_choice])  # models trained since start appear
-        load_btn.click(load, inputs=[model_choice, model_upload, config_upload, device],
+        status_outputs = [model_choice, mix_models, compress_choice]
+        refresh_btn.click(guarded(refresh, 3), outputs=status_outputs)
+        # A page opened later shows the models trained since start and the model already loaded.
+        app.load(guarded(on_page_load, 5, 3), outputs=[*status_outputs, model_status, speaker])
+        load_btn.click(guarded(load, 2), inputs=[model_choice, model_upload, config_upload, device],
                        outputs=[model_status, speaker])
-        unload_btn.click(unload, outputs=[model_status, speaker])
-        convert_btn.click(convert, inputs=[audio_in, speaker, *field_components],
+        unload_btn.click(guarded(unload, 2), outputs=[model_status, speaker])
+        convert_btn.click(guarded(convert, 4), inputs=[audio_in, speaker, *field_components],
                           outputs=[convert_status, audio_out, download, f0_plot])
-        mix_btn.click(mix, inputs=[mix_models, mix_rates, mix_mode, mix_name], outputs=[mix_status, mix_file])
-        compress_btn.click(compress, inputs=[compress_choice, compress_half], outputs=[compress_status, compress_file])
-        validate_btn.click(validate, inputs=[mix_text, mix_upload], outputs=[validate_status, mix_text])
+        mix_btn.click(guarded(mix, 2), inputs=[mix_models, mix_rates, mix_mode, mix_name],
+                      outputs=[mix_status, mix_file])
+        compress_btn.click(guarded(compress, 2), inputs=[compress_choice, compress_half],
+                           outputs=[compress_status, compress_file])
+        validate_btn.click(guarded(validate, 2), inputs=[mix_text, mix_upload], outputs=[validate_status, mix_text])
     return app
 
 

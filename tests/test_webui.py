@@ -207,6 +207,9 @@ def test_mixing_defaults_to_exact_and_lands_in_trained(ui, project):
         assert "trained/escape/model.pth" in ui.model_choices()
         reply, _ = ui.mix_models(["logs/44k/G_1.pth", "logs/44k/G_2.pth"], "50", "exact", "x")
         assert not reply.ok and "2 models selected but 1 rates" in reply.message
+        (out.parent / "notes.json").write_text("{}")
+        reply, _ = ui.mix_models(["logs/44k/G_1.pth", "logs/44k/G_2.pth"], "", "exact", "escape")
+        assert not reply.ok and "trained/escape already holds another model (notes.json)" in reply.message
     finally:
         second.unlink()
         shutil.rmtree(project.root / "trained", ignore_errors=True)
@@ -246,3 +249,21 @@ def test_binding_beyond_loopback_warns(host, warns):
     assert (warning is not None) == warns
     if warns:
         assert host in warning
+
+
+def test_a_bug_in_a_handler_becomes_a_message_not_a_traceback(caplog):
+    from modules.webui import guarded
+
+    def broken(x):
+        raise RuntimeError(f"CUDA out of memory at {x}")
+
+    with caplog.at_level("ERROR"):
+        outputs = guarded(broken, 3, status_index=1)("step 3")
+    assert len(outputs) == 3
+    assert outputs[1] == "**Error:** internal error (RuntimeError: CUDA out of memory at step 3); details in the server log"
+    assert "Traceback" in caplog.text or caplog.records[0].exc_info is not None
+
+
+def test_a_new_page_shows_the_loaded_model(ui):
+    reply, speakers = ui.current()
+    assert reply.ok and reply.message.startswith("Loaded logs/44k/G_1.pth on cpu") and speakers[0] == "alto"
