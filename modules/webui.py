@@ -669,6 +669,11 @@ def launch(
     ui.results_dir.mkdir(parents=True, exist_ok=True)
     # Only results and the model folders (for the mixed / compressed files) may be served back.
     allowed = [str(ui.results_dir)] + [str(ui.root / f) for f in ui.model_folders]
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line each
     app.launch(server_name=host, server_port=port, share=share, inbrowser=inbrowser, show_error=False,
-               allowed_paths=allowed, prevent_thread_lock=prevent_thread_lock, quiet=True)
+               allowed_paths=allowed, prevent_thread_lock=True, quiet=True)
+    logger.info("web UI at %s%s (Ctrl-C stops it)", app.local_url,
+                f" and {app.share_url}" if share and app.share_url else "")
+    if not prevent_thread_lock:
+        app.block_thread()
     return app, ui
