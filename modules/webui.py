@@ -16,6 +16,7 @@ reduced to a plain file name inside the folder it belongs to.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -658,6 +659,7 @@ def launch(
 ) -> tuple[Any, WebUI]:
     """Start the server (blocking unless `prevent_thread_lock`); uploads live in a fresh temp folder."""
     upload_dir = use_upload_folder(Path(tempfile.mkdtemp(prefix="svc41-webui-")))
+    atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)  # uploaded songs do not pile up in /tmp
     warning = exposure_warning(host)
     if warning:
         logger.warning(warning)
