@@ -270,6 +270,11 @@ class WebUI:
             raise InferenceError(f"{what}: the uploaded file is gone; upload it again")
         return resolved
 
+    def error(self, e: Exception) -> Reply:
+        """A project error as a page message; upload paths shrink to the file name the user chose."""
+        text = re.sub(re.escape(str(self.upload_dir)) + r"[\\/](?:[0-9a-f]{16,}[\\/])?", "", str(e))
+        return Reply(text, ok=False)
+
     # ----- Model tab ---------------------------------------------------------------------------------
 
     def model_choices(self) -> list[str]:
@@ -298,7 +303,7 @@ class WebUI:
                 _ = engine.encoder  # a missing speech-encoder file is reported now, not at the first conversion
                 self.engine, self.model_label, self.spk_mix = engine, label, None
         except SvcError as e:
-            return Reply(str(e), ok=False), []
+            return self.error(e), []
         return self.current()
 
     def unload_model(self) -> Reply:
@@ -358,7 +363,7 @@ class WebUI:
             curves = f0_curves(audio, sr, converted, engine.sr, engine.hop_length, options.transpose,
                                options.auto_predict_f0)
         except SvcError as e:
-            return ConvertResult(Reply(str(e), ok=False))
+            return ConvertResult(self.error(e))
         seconds = len(converted) / engine.sr
         return ConvertResult(Reply(f"Converted {seconds:.2f} s -> {out.name}"), out, f0_figure(curves), curves)
 
@@ -382,7 +387,7 @@ class WebUI:
             out = mix_checkpoints([models[c].model for c in choices], rates, mode, folder / "model.pth")
             shutil.copyfile(models[choices[0]].config, folder / "config.json")
         except SvcError as e:
-            return Reply(str(e), ok=False), None
+            return self.error(e), None
         return Reply(f"Mixed {len(choices)} models ({mode}) -> {out.relative_to(self.root).as_posix()}"), out
 
     def compress_model(self, choice: str | None, half: bool) -> tuple[Reply, Path | None]:
@@ -395,12 +400,13 @@ class WebUI:
                 raise InferenceError(f"model '{choice}' is not in the scan; press Refresh")
             out = compress_checkpoint(entry.model, entry.config, half=bool(half))
         except SvcError as e:
-            return Reply(str(e), ok=False), None
+            return self.error(e), None
         size = out.stat().st_size / 2**20
         return Reply(f"Wrote {out.relative_to(self.root).as_posix()} ({size:.1f} MiB)"), out
 
     def validate_spk_mix(self, text: str | None, upload: str | None = None) -> tuple[Reply, str]:
         """Check a timeline (typed, or an uploaded spkmix.py) against the loaded model; keep it on success."""
+        path = self.upload_dir / "spkmix_typed.py"
         try:
             if self.engine is None:
                 raise InferenceError("load a model first: the timeline is checked against its speakers")
@@ -410,11 +416,10 @@ class WebUI:
                 raise InferenceError("the speaker-mix timeline is empty")
             if "spk_mix_map" not in text:
                 text = f"spk_mix_map = {text}"
-            path = self.upload_dir / "spkmix_typed.py"
             path.write_text(text, encoding="utf-8")
             mix = load_spk_mix(path, self.engine.speakers, self.engine.n_speakers)
         except SvcError as e:
-            return Reply(str(e).replace(str(self.upload_dir / "spkmix_typed.py"), "timeline"), ok=False), text or ""
+            return self.error(InferenceError(str(e).replace(str(path), "timeline"))), text or ""
         if not mix.enabled:
             self.spk_mix = None
             return Reply("valid, but it has fewer than two speakers: mixing stays off"), text
@@ -501,7 +506,7 @@ def guarded(handler: Callable[..., tuple], n_outputs: int, status_index: int = 0
     def wrapper(*args: Any, **kwargs: Any) -> tuple:
         try:
             return handler(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 (the page must get a message and the server must keep serving)
+        except Exception as e:  # the page must get a message and the server must keep serving
             logger.exception("web UI: %s failed", getattr(handler, "__name__", "handler"))
             import gradio as gr
 
