@@ -524,6 +524,9 @@ def build_app(ui: WebUI) -> Any:
 
     choices = ui.model_choices()
 
+    def shown_file(path):  # an empty file box is large: show it only with a file in it
+        return gr.update(value=str(path) if path else None, visible=bool(path))
+
     def refresh():
         names = ui.model_choices()
         return gr.update(choices=names, value=names[0] if names else None), gr.update(choices=names, value=[]), \
@@ -544,15 +547,15 @@ def build_app(ui: WebUI) -> Any:
         result = ui.convert(audio_file, speaker, dict(zip(FIELD_NAMES, values)), progress=progress,
                             show_progress=True)
         path = str(result.output) if result.output else None
-        return result.reply.markdown, path, path, result.f0_figure
+        return result.reply.markdown, path, shown_file(path), result.f0_figure
 
     def mix(selected, rates, mode, name):
         reply, out = ui.mix_models(selected or [], rates, mode, name)
-        return reply.markdown, str(out) if out else None
+        return reply.markdown, shown_file(out)
 
     def compress(choice, half):
         reply, out = ui.compress_model(choice, half)
-        return reply.markdown, str(out) if out else None
+        return reply.markdown, shown_file(out)
 
     def validate(text, upload):
         reply, text = ui.validate_spk_mix(text, upload)
@@ -586,7 +589,7 @@ def build_app(ui: WebUI) -> Any:
             with gr.Column():
                 convert_status = gr.Markdown("", elem_id="convert_status")
                 audio_out = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="audio_out")
-                download = gr.File(label="Download", interactive=False, elem_id="download", height=90)
+                download = gr.File(label="Download", interactive=False, elem_id="download", visible=False)
                 f0_plot = gr.Plot(label="F0: input, requested and output", elem_id="f0_plot")
         by_name = {f.target: c for f, c in zip([f for f in CONVERT_FIELDS if not f.advanced], basic)}
         by_name.update({f.target: c for f, c in zip([f for f in CONVERT_FIELDS if f.advanced], advanced)})
@@ -600,15 +603,15 @@ def build_app(ui: WebUI) -> Any:
                 mix_name = gr.Textbox(label="Name (written to trained/<name>/model.pth)", value="mixed")
                 mix_btn = gr.Button("Mix")
                 mix_status = gr.Markdown("")
-                mix_file = gr.File(label="Mixed model", interactive=False, height=90)
+                mix_file = gr.File(label="Mixed model", interactive=False, visible=False)
             with gr.Accordion("Compression (release file without training-only weights)", open=True):
                 with gr.Row():
                     compress_choice = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
                                                   label="Model")
                     compress_half = gr.Checkbox(label="float16 (half the size)", value=False)
-                compress_btn = gr.Button("Compress")
-                compress_status = gr.Markdown("")
-                compress_file = gr.File(label="Release file", interactive=False, height=90)
+                compress_btn = gr.Button("Compress", elem_id="compress")
+                compress_status = gr.Markdown("", elem_id="compress_status")
+                compress_file = gr.File(label="Release file", interactive=False, visible=False)
             with gr.Accordion("Speaker-mix timeline (spkmix.py)", open=True):
                 mix_text = gr.Code(value=_default_timeline(ui.root), language="python",
                                    label="spk_mix_map = {speaker id: [[t_start, t_end, v_start, v_end], ...]}")

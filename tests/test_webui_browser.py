@@ -181,5 +181,9 @@ def test_convert_a_clip_in_the_browser(browser, server, tmp_path):
     assert info.samplerate == 44100
     assert info.frames == 44100  # 1 s at 22.05 kHz in, ceil(n * 44100 / 22050) out
 
+    assert driver.find_elements("css selector", "#f0_plot img"), "no F0 picture"
+
     _open_tab(driver, "Tools")
+    driver.find_element("id", "compress").click()  # the original's compression button was broken
+    assert "Wrote logs/44k/G_1_release.pth" in _wait_text(driver, "compress_status", "Wrote", timeout=60)
     _screenshot(driver, "tools")
