@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"address to bind (default {DEFAULT_HOST}, this machine only; anything else is reachable "
                         f"from the network and prints a warning)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+    p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link (needs internet; Gradio fetches "
+                        "its tunnel client on first use)")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the default browser on start")
     p.add_argument("--root", default=".",
                    help="project folder whose logs/44k/, trained/, results/ and pretrain/ are used (default .)")

@@ -561,7 +561,7 @@ def build_app(ui: WebUI) -> Any:
         reply, text = ui.validate_spk_mix(text, upload)
         return reply.markdown, text
 
-    with gr.Blocks(title="svc41 web UI") as app:
+    with gr.Blocks(title="svc41 web UI", analytics_enabled=False) as app:  # no calls home
         gr.Markdown("## svc41: singing voice conversion (so-vits-svc 4.1 models)")
         with gr.Tab("Model"):
             with gr.Row():
