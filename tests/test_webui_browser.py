@@ -122,7 +122,7 @@ def _open_tab(driver, name: str) -> None:
 
 
 def _screenshot(driver, name: str) -> None:
-    """With SVC41_SCREENSHOTS set: the page down to its last content, 800 px wide, 64 colours (small PNGs)."""
+    """With SVC41_SCREENSHOTS set: the page down to its last content, 800 px wide, 128 colours (small PNGs)."""
     folder = os.environ.get("SVC41_SCREENSHOTS")
     if not folder:
         return
@@ -134,7 +134,7 @@ def _screenshot(driver, name: str) -> None:
     ink = ImageOps.invert(im.crop((0, 0, w, h - 70)).convert("L")).point(lambda v: 255 if v > 8 else 0)
     im = im.crop((0, 0, w, min(h, ink.getbbox()[3] + 16)))  # drop the empty space above Gradio's footer
     im = im.resize((800, round(im.height * 800 / w)), Image.LANCZOS)
-    im.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(Path(folder) / f"webui_{name}.png", optimize=True)
+    im.quantize(colors=128, method=Image.Quantize.FASTOCTREE).save(Path(folder) / f"webui_{name}.png", optimize=True)
 
 
 def test_convert_a_clip_in_the_browser(browser, server, tmp_path):
