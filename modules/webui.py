@@ -282,7 +282,7 @@ class WebUI:
 
     def load_model(
         self, choice: str | None, model_file: str | None = None, config_file: str | None = None,
-        device: str | None = "auto",
+        device: str | None = "auto", fast: bool = False,
     ) -> tuple[Reply, list[str]]:
         """Load a scanned model (or an uploaded G file + config when both are given); returns the speakers."""
         try:
@@ -299,7 +299,7 @@ class WebUI:
             with self._lock:
                 self.engine = None
                 engine = SvcEngine.load(model, config, device=None if device in (None, "", "auto") else device,
-                                        pretrain_dir=self.pretrain_dir)
+                                        pretrain_dir=self.pretrain_dir, fast=bool(fast))
                 _ = engine.encoder  # a missing speech-encoder file is reported now, not at the first conversion
                 self.engine, self.model_label, self.spk_mix = engine, label, None
         except SvcError as e:
@@ -532,8 +532,8 @@ def build_app(ui: WebUI) -> Any:
         return gr.update(choices=names, value=names[0] if names else None), gr.update(choices=names, value=[]), \
             gr.update(choices=names, value=names[0] if names else None)
 
-    def load(choice, model_file, config_file, device):
-        reply, speakers = ui.load_model(choice, model_file, config_file, device)
+    def load(choice, model_file, config_file, device, fast):
+        reply, speakers = ui.load_model(choice, model_file, config_file, device, fast)
         return reply.markdown, gr.update(choices=speakers, value=speakers[0] if speakers else None)
 
     def unload():
@@ -571,7 +571,10 @@ def build_app(ui: WebUI) -> Any:
             with gr.Accordion("...or upload a G file and its config.json", open=False), gr.Row():
                 model_upload = gr.File(label="G_*.pth", file_types=[".pth"], type="filepath")
                 config_upload = gr.File(label="config.json", file_types=[".json"], type="filepath")
-            device = gr.Dropdown(choices=available_devices(), value="auto", label="Device")
+            with gr.Row():
+                device = gr.Dropdown(choices=available_devices(), value="auto", label="Device")
+                fast = gr.Checkbox(value=False, label="Fast (reduced precision)",
+                                   info="--fast: bf16 on CPUs that have it, fp16 on GPU")
             with gr.Row():
                 load_btn = gr.Button("Load", variant="primary", elem_id="load")
                 unload_btn = gr.Button("Unload", elem_id="unload")
@@ -623,7 +626,7 @@ def build_app(ui: WebUI) -> Any:
         refresh_btn.click(guarded(refresh, 3), outputs=status_outputs)
         # A page opened later shows the models trained since start and the model already loaded.
         app.load(guarded(on_page_load, 5, 3), outputs=[*status_outputs, model_status, speaker])
-        load_btn.click(guarded(load, 2), inputs=[model_choice, model_upload, config_upload, device],
+        load_btn.click(guarded(load, 2), inputs=[model_choice, model_upload, config_upload, device, fast],
                        outputs=[model_status, speaker])
         unload_btn.click(guarded(unload, 2), outputs=[model_status, speaker])
         convert_btn.click(guarded(convert, 4), inputs=[audio_in, speaker, *field_components],

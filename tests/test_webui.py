@@ -267,3 +267,33 @@ def test_a_bug_in_a_handler_becomes_a_message_not_a_traceback(caplog):
 def test_a_new_page_shows_the_loaded_model(ui):
     reply, speakers = ui.current()
     assert reply.ok and reply.message.startswith("Loaded logs/44k/G_1.pth on cpu") and speakers[0] == "alto"
+
+
+# Every inference_main.py flag and where the web UI offers it; a new flag fails this test until it has a control.
+CLI_FLAG_IN_UI = {
+    "model_path": "Model tab", "config_path": "Model tab", "device": "Model tab", "fast": "Model tab",
+    "clean_names": "Convert tab audio", "spk_list": "Convert tab speaker", "spk_mix_file": "Tools tab timeline",
+    "pretrain_dir": "webUI.py --pretrain_dir", "results_dir": "<root>/results", "raw_dir": "uploads instead",
+    "no_progress": "progress bar", "debug": "webUI.py --debug",
+    "trans": "transpose", "clip": "clip_seconds", "linear_gradient": "linear_gradient",
+    "linear_gradient_retain": "linear_gradient_retain", "pad_seconds": "pad_seconds", "slice_db": "slice_db",
+    "auto_predict_f0": "auto_predict_f0", "f0_predictor": "f0_predictor", "f0_filter_threshold": "f0_threshold",
+    "noice_scale": "noise_scale", "loudness_envelope_adjustment": "loudness_envelope_adjustment",
+    "use_spk_mix": "use_spk_mix", "wav_format": "wav_format",
+}
+
+
+def test_every_inference_main_flag_has_a_control():
+    import inference_main
+
+    parser = inference_main.build_parser()
+    dests = {a.dest for a in parser._actions if a.dest != "help"} | {"debug"}
+    fields = {f.target: f for f in CONVERT_FIELDS}
+    assert dests == set(CLI_FLAG_IN_UI), f"flags without a web UI control: {sorted(dests - set(CLI_FLAG_IN_UI))}"
+    assert {w for w in CLI_FLAG_IN_UI.values() if w in fields} == set(fields)  # and every field is a CLI option
+    field_of = {a.dest: a for a in parser._actions}
+    assert set(field_of["wav_format"].choices) == set(fields["wav_format"].choices)
+    assert tuple(field_of["f0_predictor"].choices) == fields["f0_predictor"].choices
+    for dest in ("clip", "linear_gradient", "linear_gradient_retain", "pad_seconds", "slice_db", "f0_filter_threshold",
+                 "noice_scale"):
+        assert float(field_of[dest].default) == float(fields[CLI_FLAG_IN_UI[dest]].default), dest
