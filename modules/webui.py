@@ -471,9 +471,8 @@ def f0_figure(curves: dict[str, np.ndarray]) -> Any:
             ax.plot(curves["times"], np.where(curves[key] > 0, curves[key], np.nan), line, color=colour, label=key,
                     linewidth=1.2)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("F0 (Hz)")
-    ax.set_title(f"measured with {PLOT_F0_PREDICTOR}; gaps are unvoiced", fontsize=9)
-    ax.legend(loc="upper right")
+    ax.set_ylabel("F0 (Hz); gaps: unvoiced")
+    ax.legend(loc="upper right", title=f"measured with {PLOT_F0_PREDICTOR}", fontsize=8, title_fontsize=8)
     fig.tight_layout()
     return fig
 
