@@ -174,7 +174,7 @@ def resolve_jobs(names: Sequence[str], transposes: Sequence[int], raw_dir: str |
     return jobs
 
 
-def _unit_mixer(request: BatchRequest, engine: SvcEngine, speakers: Sequence[str],
+def unit_mixer_for(request: BatchRequest, engine: SvcEngine, speakers: Sequence[str],
                 spk_mix: bool) -> UnitMixer | None:
     """The -cm/-cr/-fr unit mixer, checked against every requested speaker before any work; None when off."""
     path = resolve_cluster_path(str(request.cluster_model_path), request.cluster_infer_ratio,
@@ -190,25 +190,32 @@ def _unit_mixer(request: BatchRequest, engine: SvcEngine, speakers: Sequence[str
     return mixer
 
 
+def load_engine(request: BatchRequest) -> SvcEngine:
+    """The engine a request asks for: the so-vits model (torch or onnxruntime) with the shallow diffusion or
+    enhancer step attached, or the diffusion model alone (-od). Shared by the command line and the web UI."""
+    diff = request.diffusion
+    if diff.only:
+        return DiffusionOnlyEngine.load(request.diffusion_model_path, request.diffusion_config_path, diff,
+                                        device=request.device, pretrain_dir=request.pretrain_dir,
+                                        vocoder_dir=request.vocoder_dir)
+    if request.backend == "onnx":
+        from modules.onnx_inference import load_onnx_engine
+
+        engine = load_onnx_engine(request.model_path, request.config_path, request.onnx_model,
+                                  pretrain_dir=request.pretrain_dir)
+    else:
+        engine = SvcEngine.load(request.model_path, request.config_path, device=request.device,
+                                fast=request.fast, pretrain_dir=request.pretrain_dir)
+    attach(engine, diff, request.diffusion_model_path, request.diffusion_config_path, request.vocoder_dir)
+    return engine
+
+
 def convert_batch(request: BatchRequest) -> list[Path]:
     """Convert every job for every speaker; returns the files written. Everything that can fail on the
     user's input (names, speakers, model, encoder weights) is checked before the first conversion."""
     jobs = resolve_jobs(request.names, request.transposes, request.raw_dir)
+    engine = load_engine(request)
     diff = request.diffusion
-    if diff.only:
-        engine = DiffusionOnlyEngine.load(request.diffusion_model_path, request.diffusion_config_path, diff,
-                                          device=request.device, pretrain_dir=request.pretrain_dir,
-                                          vocoder_dir=request.vocoder_dir)
-    else:
-        if request.backend == "onnx":
-            from modules.onnx_inference import load_onnx_engine
-
-            engine = load_onnx_engine(request.model_path, request.config_path, request.onnx_model,
-                                      pretrain_dir=request.pretrain_dir)
-        else:
-            engine = SvcEngine.load(request.model_path, request.config_path, device=request.device,
-                                    fast=request.fast, pretrain_dir=request.pretrain_dir)
-        attach(engine, diff, request.diffusion_model_path, request.diffusion_config_path, request.vocoder_dir)
     mode = "diff" if diff.only else "sovdiff" if diff.shallow else "sovits"
     mix = None
     if request.spk_mix_file is not None:
@@ -219,7 +226,7 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     speakers = list(request.speakers or [min(engine.speakers, key=engine.speakers.get) if engine.speakers else "0"])
     for spk in speakers:
         engine.resolve_speaker(spk)
-    unit_mixer = _unit_mixer(request, engine, speakers, mix is not None)
+    unit_mixer = unit_mixer_for(request, engine, speakers, mix is not None)
     _ = engine.encoder  # built now, so a missing pretrained file stops the run before any work
     if mix is not None:
         speakers = speakers[:1]

@@ -307,9 +307,9 @@ def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, c
     request = BatchRequest(project.model, project.config, ["song"], cluster_infer_ratio=0.5)
     engine = SvcEngine.load(project.model, project.config, device="cpu")
     with caplog.at_level("WARNING"):
-        assert inference_batch._unit_mixer(request, engine, ["alto"], spk_mix=True) is None
+        assert inference_batch.unit_mixer_for(request, engine, ["alto"], spk_mix=True) is None
     assert "ignored with -usm" in caplog.text
-    assert isinstance(inference_batch._unit_mixer(request, engine, ["alto"], spk_mix=False), UnitMixer)
+    assert isinstance(inference_batch.unit_mixer_for(request, engine, ["alto"], spk_mix=False), UnitMixer)
 
     # a crafted -cm file is refused in one line and its command never runs
     marker = project.root / "pwned"
@@ -321,7 +321,7 @@ def test_training_scripts_and_inference_flags_end_to_end(project, monkeypatch, c
     request = BatchRequest(project.model, project.config, ["song"], cluster_infer_ratio=0.5,
                            cluster_model_path="logs/44k/feature_and_index.pkl")
     with pytest.raises(CheckpointError, match=r"feature_and_index\.pkl: not a k-means model file.*add -fr"):
-        inference_batch._unit_mixer(request, engine, ["alto"], spk_mix=False)
+        inference_batch.unit_mixer_for(request, engine, ["alto"], spk_mix=False)
 
 
 def test_parallel_speakers_give_the_same_centres(tmp_path):
