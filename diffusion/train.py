@@ -21,11 +21,10 @@ import logging
 import math
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -35,6 +34,7 @@ from modules.atomic_write import save_torch
 from modules.checkpoint import compare_state, safe_load
 from modules.config import HParams, load_diffusion_config, save_diffusion_config
 from modules.errors import TrainingError
+from modules.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class DiffusionTrainer:
         self.global_step = 0
         self.nan_streak = 0
         self._stop: str | None = None
+        self.stop_signals = StopSignals()
         amp = str(args.train.get("amp_dtype", "fp32"))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
         if self.amp_dtype == torch.float16 and self.device.type == "cpu":
@@ -274,27 +275,6 @@ class DiffusionTrainer:
 
     # ----- loop --------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):  # noqa: ANN001 - signal handler signature
-            if self._stop is not None:
-                raise KeyboardInterrupt("second interrupt: quitting without saving")
-            logger.warning("%s: finishing this step, then saving", signal.Signals(signum).name)
-            self._stop = signal.Signals(signum).name
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = reason
 
@@ -311,11 +291,13 @@ class DiffusionTrainer:
         bar = tqdm(total=opts.max_steps, initial=self.global_step, unit="step", disable=not opts.progress,
                    desc="diffusion")
         last_saved, start_step = None, self.global_step
-        with self._signals():
+        with self.stop_signals.catching():
             for _epoch in range(int(args.train.epochs)):
                 for batch in self.loader:
                     if opts.max_steps is not None and self.global_step >= opts.max_steps:
                         self._stop = self._stop or "max_steps"
+                    if self.stop_signals.received is not None:
+                        self._stop = self._stop or self.stop_signals.received.name
                     if self._stop is not None:
                         break
                     self.global_step += 1
@@ -342,6 +324,8 @@ class DiffusionTrainer:
             self.save()  # Ctrl-C or max_steps: keep the progress
         if self.writer is not None:
             self.writer.flush()
+        self.stop_signals.raise_if_stopped(f"diffusion training at step {self.global_step}",
+                                           f"model_{self.global_step}.pt in {self.expdir}")
         return self.global_step
 
 

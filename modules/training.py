@@ -23,7 +23,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from modules.distributed import DistContext, cleanup_distributed, setup_distribu
 from modules.errors import TrainingError
 from modules.frame_features import mel_spectrogram, spec_to_mel
 from modules.gan import JointDiscriminator, discriminate_for_generator
+from modules.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class Trainer:
         self.device = self.ctx.device
         self.precision = Precision.resolve(hps, self.options.precision)
         self._stop_reason: str | None = None
+        self.stop_signals = StopSignals()
         self.nan_streak = 0
         self.last_saved_step: int | None = None
 
@@ -582,30 +583,6 @@ class Trainer:
         """Finish the current step, save and return from fit() (what Ctrl-C does)."""
         self._stop_reason = reason
 
-    @contextlib.contextmanager
-    def _signals_stop(self) -> Iterator[None]:
-        """First Ctrl-C (SIGINT) or SIGTERM (torchrun's agent, cluster pre-emption): stop after this step
-        and save. A second one: exit at once, without saving."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):  # noqa: ANN001 - signal handler signature
-            name = signal.Signals(signum).name
-            if self._stop_reason is not None:
-                raise KeyboardInterrupt(f"second {name}: quitting without saving")
-            logger.warning("%s: finishing this step, then saving a checkpoint (again to quit without saving)", name)
-            self.request_stop("Ctrl-C" if signum == signal.SIGINT else name)
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
     def _batches(self) -> Iterator[tuple[Batch, float]]:
         """This rank's batches for the current epoch, moved to the device, with the time spent waiting."""
         iterator = iter(self.train_loader)
@@ -632,36 +609,37 @@ class Trainer:
             logger.info("already at step %d, max_steps is %d: nothing to do", self.global_step, opts.max_steps)
             self.close()
             return self.global_step
-        with self._signals_stop():
+        # One bar for the whole run: global step against the last step (max_steps, else all epochs), with ETA.
+        last_step = opts.max_steps if opts.max_steps is not None else epochs * len(self.train_loader)
+        bar = tqdm(total=last_step, initial=self.global_step, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not (self.ctx.is_main and opts.progress))
+        with self.stop_signals.catching(), contextlib.closing(bar):
             for epoch in range(self.epoch, epochs + 1):
                 self.set_epoch(epoch)
                 self.train_sampler.set_epoch(epoch)
-                bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-                           disable=not (self.ctx.is_main and opts.progress), leave=False)
-                try:
-                    for batch, wait in self._batches():
-                        want_log = self.ctx.is_main and self.global_step % log_interval == 0
-                        result = self.train_step(batch, want_norms=want_log)
-                        result.data_seconds = wait
-                        bar.update(1)
-                        if not result.skipped:
-                            bar.set_postfix(step=self.global_step, mel=f"{result.losses.get('g/mel_l1', 0):.3f}",
-                                            d=f"{result.losses['d/total']:.2f}")
-                        if want_log and not result.skipped:
-                            self.log_step(result, batch)
-                        if self.ctx.is_main and self.global_step % eval_interval == 0:
-                            self.evaluate()
-                            self.save(self.global_step)
-                        self.global_step += 1
-                        if self.step_callback is not None:
-                            self.step_callback(self, result)
-                        if opts.max_steps is not None and self.global_step >= opts.max_steps:
-                            self.request_stop(f"reached max_steps {opts.max_steps}")
-                        if self._any_rank(self._stop_reason is not None):
-                            self._stop_reason = self._stop_reason or "another rank stopped"
-                            break
-                finally:
-                    bar.close()
+                for batch, wait in self._batches():
+                    want_log = self.ctx.is_main and self.global_step % log_interval == 0
+                    result = self.train_step(batch, want_norms=want_log)
+                    result.data_seconds = wait
+                    bar.update(1)
+                    if not result.skipped:
+                        bar.set_postfix(epoch=epoch, mel=f"{result.losses.get('g/mel_l1', 0):.3f}",
+                                        d=f"{result.losses['d/total']:.2f}")
+                    if want_log and not result.skipped:
+                        self.log_step(result, batch)
+                    if self.ctx.is_main and self.global_step % eval_interval == 0:
+                        self.evaluate()
+                        self.save(self.global_step)
+                    self.global_step += 1
+                    if self.step_callback is not None:
+                        self.step_callback(self, result)
+                    if opts.max_steps is not None and self.global_step >= opts.max_steps:
+                        self.request_stop(f"reached max_steps {opts.max_steps}")
+                    if self.stop_signals.received is not None and self._stop_reason is None:
+                        self.request_stop(self.stop_signals.received.name)
+                    if self._any_rank(self._stop_reason is not None):
+                        self._stop_reason = self._stop_reason or "another rank stopped"
+                        break
                 if self._stop_reason is not None:
                     break
         if self._stop_reason is not None:
@@ -670,6 +648,9 @@ class Trainer:
             if opts.save_on_stop and self.ctx.is_main and last >= 0 and self.last_saved_step != last:
                 self.save(last)
         self.close()
+        saved = f"saved step {self.last_saved_step} in {self.model_dir}" if self.last_saved_step is not None \
+            else "nothing saved yet"
+        self.stop_signals.raise_if_stopped(f"training at step {self.global_step}", saved)
         return self.global_step
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from modules import losses
 from modules.checkpoint import safe_load
 from modules.config import load_config
 from modules.data import ClipDataset, collate_clips, make_loader, read_f0_file
-from modules.errors import DatasetError, TrainingError
+from modules.errors import DatasetError, JobInterrupted, TrainingError
 from modules.training import Precision, Trainer, TrainOptions, run_training
 from tests.support.train_data import make_preprocessed_dataset, tiny_discriminator
 
@@ -217,17 +217,21 @@ def test_resume_continues_step_epoch_and_optimizer(dataset, tmp_path):
         safe_load(model_dir / "G_7.pth")["optimizer"]["state"][0]["step"]) == 8.0
 
 
-def test_ctrl_c_saves_a_checkpoint_and_returns(dataset, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_checkpoint_and_reports_the_stop(dataset, tmp_path, sig, code):
     config, _, _ = dataset
 
     def interrupt(trainer, result):
         if result.step == 2:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(sig)
 
+    previous = signal.getsignal(sig)
     trainer = _trainer(config, tmp_path / "m", interrupt, eval_interval=100)
-    assert trainer.fit() == 3
+    with pytest.raises(JobInterrupted, match=f"stopped by {sig.name} at step 3 .saved step 2 in .*run the same") as e:
+        trainer.fit()
+    assert e.value.exit_code == code  # a stopped job never looks finished to a script or the quick-start
     assert (tmp_path / "m" / "G_2.pth").exists() and (tmp_path / "m" / "D_2.pth").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(sig) is previous  # handler restored
 
 
 def test_nan_loss_skips_the_step_then_stops(dataset, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 import train_diff
 from diffusion.train import DiffTrainOptions, DiffusionTrainer, find_latest
 from modules.config import load_diffusion_config
-from modules.errors import DatasetError, TrainingError
+from modules.errors import DatasetError, JobInterrupted, TrainingError
 from tests.support.diffusion_models import make_diffusion_project
 
 torch.set_num_threads(1)
@@ -110,3 +111,26 @@ def test_cli_help_and_config_dump(config, capsys):
     assert "--max_steps" in capsys.readouterr().out
     dumped = yaml.safe_load((Path(load_diffusion_config(config).env.expdir) / "config.yaml").read_text())
     assert dumped["model"]["n_chans"] == 32
+
+
+def test_sigterm_saves_then_exits_143(config, tmp_path, capsys):
+    args = load_diffusion_config(config)
+    trainer = DiffusionTrainer(args, DiffTrainOptions(device="cpu", progress=False, max_steps=50, val_audio=False))
+    trainer.expdir = tmp_path / "exp"
+    trainer.expdir.mkdir()
+    trainer.args.train.interval_val = 10_000
+    trainer.resume()
+    trainer.build_data()
+    real_step = trainer.train_step
+
+    def step_then_signal(batch):
+        value = real_step(batch)
+        if trainer.global_step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return value
+
+    trainer.train_step = step_then_signal
+    with pytest.raises(JobInterrupted, match=r"diffusion training at step 3 stopped by SIGTERM") as e:
+        trainer.fit()
+    assert e.value.exit_code == 143
+    assert (trainer.expdir / "model_3.pt").is_file()
