@@ -227,7 +227,7 @@ def test_a_signal_saves_a_checkpoint_and_reports_the_stop(dataset, tmp_path, sig
 
     previous = signal.getsignal(sig)
     trainer = _trainer(config, tmp_path / "m", interrupt, eval_interval=100)
-    with pytest.raises(JobInterrupted, match=f"stopped by {sig.name} at step 3 .saved step 2 in .*run the same") as e:
+    with pytest.raises(JobInterrupted, match=f"training at step 3 stopped by {sig.name} .saved step 2 in .*run the same") as e:
         trainer.fit()
     assert e.value.exit_code == code  # a stopped job never looks finished to a script or the quick-start
     assert (tmp_path / "m" / "G_2.pth").exists() and (tmp_path / "m" / "D_2.pth").exists()
