@@ -2,8 +2,9 @@
 
     python preprocess_hubert_f0.py --f0_predictor rmvpe --num_processes 2
 
-Reads dataset/44k/<speaker>/*.wav and writes the feature files next to each clip. Finished clips
-are skipped, so an interrupted run can simply be started again.
+Reads dataset/44k/<speaker>/*.wav and writes the feature files next to each clip, then a record of
+what made them (x.wav.features.json). Clips whose record matches the current settings are skipped, so
+an interrupted run can simply be started again; clips made with other settings are recomputed.
 """
 from __future__ import annotations
 
@@ -38,19 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion_config", type=str, default="configs/diffusion.yaml",
                    help="diffusion config naming the vocoder whose mel settings --use_diff uses "
                         "(default: configs/diffusion.yaml)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every clip; without it, only clips whose files are missing or were made with "
+                        "other settings (recorded in x.wav.features.json) are computed")
     p.add_argument("--pretrain_dir", type=str, default=None,
                    help="folder holding the speech encoder's weights (default: the project's pretrain/)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = PreprocessSettings.from_configs(args.config, args.diffusion_config, args.f0_predictor, args.use_diff)
+    settings = PreprocessSettings.from_configs(args.config, args.diffusion_config, args.f0_predictor, args.use_diff,
+                                               force=args.force)
     if args.pretrain_dir is not None:
         settings = dataclasses.replace(settings, pretrain_dir=args.pretrain_dir)
     clips = find_clips(args.in_dir)
     if not clips:
         raise DatasetError(f"no clips found under {args.in_dir}/*/*.wav")
     report = run_preprocess(clips, settings, num_processes=args.num_processes, device=args.device)
+    for reason, count in report.recomputed.items():
+        print(f"{count} clip(s) recomputed: {reason}")
     print(f"{report.processed} clips processed ({report.audio_seconds:.1f} s of audio in {report.wall_seconds:.1f} s, "
           f"{report.realtime_factor:.1f}x real time), {report.skipped} already done, {len(report.failed)} failed")
     for path, message in report.failed:

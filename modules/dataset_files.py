@@ -68,5 +68,10 @@ class ClipFiles:
         return Path(f"{self.wav}.aug_vol.npy")
 
     @property
+    def record(self) -> Path:
+        """What made the features (modules.fingerprint); written last, so it also marks the clip done."""
+        return Path(f"{self.wav}.features.json")
+
+    @property
     def speaker(self) -> str:
         return self.wav.parent.name

