@@ -32,6 +32,7 @@ from modules.checkpoint import load_torch_file
 from modules.config import HParams
 from modules.dataset_files import ClipFiles
 from modules.errors import AudioError, CheckpointError, DatasetError, UnsafeCheckpointError
+from modules.fingerprint import first_difference, read_record, training_expectation
 from modules.frame_features import repeat_expand_2d, spectrogram, volume
 from modules.npy_files import load_f0
 
@@ -235,9 +236,36 @@ class ClipDataset(Dataset):
             raise DatasetError(
                 f"{self.source}: {len(missing)} feature file(s) missing (run preprocess_hubert_f0.py):\n  {shown}{more}"
             )
+        self._check_features_fit_the_config(clips)
         if not clips:
             raise DatasetError(f"{self.source}: no usable clips (all missing or shorter than one segment)")
         return clips
+
+    def _check_features_fit_the_config(self, clips: list[ClipFiles]) -> None:
+        """In the main process, before any worker starts: every clip's feature record must fit this config;
+        clips without a record (preprocessed by so-vits-svc 4.1) get their unit width checked directly."""
+        expected = training_expectation(self.hps)
+        unrecorded = 0
+        for files in clips:
+            record = read_record(files.wav)
+            if record is not None:
+                difference = first_difference(record, expected)
+                if difference is not None:
+                    raise DatasetError(f"{files.wav}: its features do not fit the config ({difference}); rerun "
+                                       f"preprocess_hubert_f0.py with this config")
+                if self.use_vol and not record.get("volume"):
+                    raise DatasetError(f"{files.wav}: model.vol_embedding is on but its features have no volume "
+                                       f"file; rerun preprocess_hubert_f0.py with this config")
+                continue
+            unrecorded += 1
+            units = _load_tensor(files.units, "units")
+            width = units.shape[-2] if units.dim() >= 2 else -1
+            if width != self.hps.model.ssl_dim:
+                raise DatasetError(f"{files.units}: units are {width} wide but the config's model.ssl_dim is "
+                                   f"{self.hps.model.ssl_dim}; rerun preprocess_hubert_f0.py with this config")
+        if unrecorded:
+            logger.info("%s: %d clip(s) have no feature record (made by another tool); their unit width fits",
+                        self.source, unrecorded)
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -47,7 +47,7 @@ from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, default_num_workers, make_loader
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.distributed import DistContext, cleanup_distributed, setup_distributed
-from modules.errors import TrainingError
+from modules.errors import DatasetError, TrainingError
 from modules.frame_features import mel_spectrogram, spec_to_mel
 from modules.gan import JointDiscriminator, discriminate_for_generator
 from modules.stop_signals import StopSignals
@@ -147,6 +147,15 @@ def _optimizer_matches_params(optimizer: torch.optim.Optimizer) -> bool:
 
 def all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def _worker_message(error: Exception) -> str:
+    """The original one-line message of an error a DataLoader worker raised (torch wraps it in its traceback)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if ": " in line and line.split(": ", 1)[0].endswith("Error"):
+            return line.split(": ", 1)[1]
+    return lines[-1] if lines else str(error)
 
 
 # --------------------------------------------------------------------------------------------- logging helpers
@@ -592,6 +601,8 @@ class Trainer:
                 batch = next(iterator)
             except StopIteration:
                 return
+            except DatasetError as e:  # raised in a loader worker: keep its own message, not the worker traceback
+                raise DatasetError(_worker_message(e)) from None
             yield batch.to(self.device), time.perf_counter() - t0
 
     def fit(self) -> int:

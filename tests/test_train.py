@@ -22,7 +22,9 @@ from modules import losses
 from modules.checkpoint import safe_load
 from modules.config import load_config
 from modules.data import ClipDataset, collate_clips, make_loader, read_f0_file
+from modules.dataset_files import ClipFiles
 from modules.errors import DatasetError, JobInterrupted, TrainingError
+from modules.fingerprint import training_expectation, write_record
 from modules.training import Precision, Trainer, TrainOptions, run_training
 from tests.support.train_data import make_preprocessed_dataset, tiny_discriminator
 
@@ -128,6 +130,41 @@ def test_missing_features_and_unknown_speaker_are_reported(dataset, tmp_path):
     stranger = _copy_clip(Path(train_list.read_text().split()[0]), tmp_path / "tenor")
     with pytest.raises(DatasetError, match=r"speaker folder 'tenor' is not in the config's 'spk' map"):
         ClipDataset([stranger], settings)
+
+
+def test_features_that_do_not_fit_the_config_are_refused_at_start_up(dataset, tmp_path):
+    config, train_list, _ = dataset
+    hps = _hps(config)
+    wav = _copy_clip(Path(train_list.read_text().split()[0]), tmp_path / "alto")
+    # a clip with a record made for another encoder width: refused before any worker starts, naming the field
+    write_record(wav, {**training_expectation(hps), "ssl_dim": hps.model.ssl_dim + 1})
+    with pytest.raises(DatasetError, match=rf"alto_\d+\.wav: its features do not fit the config \(ssl_dim: "
+                                           rf"{hps.model.ssl_dim + 1} -> {hps.model.ssl_dim}\)"):
+        ClipDataset([wav], hps)
+    write_record(wav, training_expectation(hps))
+    assert len(ClipDataset([wav], hps)) == 1
+    # no record (so-vits-svc 4.1's features): the unit width is read and checked at start-up
+    ClipFiles(wav).record.unlink()
+    units = torch.load(ClipFiles(wav).units, weights_only=True)
+    torch.save(units[:, :-1], ClipFiles(wav).units)
+    with pytest.raises(DatasetError, match=rf"soft\.pt: units are {hps.model.ssl_dim - 1} wide but the config's "
+                                           rf"model\.ssl_dim is {hps.model.ssl_dim}"):
+        ClipDataset([wav], hps)
+
+
+def test_a_loader_worker_error_reaches_the_user_as_its_own_line():
+    from torch._utils import ExceptionWrapper
+
+    from modules.training import _worker_message
+
+    try:
+        raise DatasetError("/data/alto_1.wav: inconsistent feature lengths")
+    except DatasetError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DatasetError) as e:
+        wrapped.reraise()
+    assert "Traceback" in str(e.value)
+    assert _worker_message(e.value) == "/data/alto_1.wav: inconsistent feature lengths"
 
 
 def test_distributed_sampler_gives_ranks_disjoint_data(dataset):
