@@ -147,3 +147,28 @@ def test_pickers_accept_only_scanned_files(project):
     assert not reply.ok and "k-means model '../../etc/kmeans.pt' is not in the scan" in reply.message
     reply, _ = ui.load_model("logs/44k/G_1.pth", device="cpu", diffusion=str(project.root / DIFFUSION))
     assert not reply.ok and "is not in the scan" in reply.message
+
+
+def test_only_diffusion_gives_the_command_lines_audio_and_name(ui, project, monkeypatch, clip):
+    result = ui.convert(str(clip), "spk1", {"only_diffusion": True, "diffusion_speedup": 200, "wav_format": "wav",
+                                            "loudness_envelope_adjustment": 1})
+    assert result.reply.ok, result.reply.message
+    assert result.output.name == "clip_0key_spk1_diff_pm.wav"
+    monkeypatch.chdir(project.root)
+    out = project.root / "cli_od"
+    assert inference_main.main(["-m", "missing.pth", "-n", str(clip), "-s", "spk1", "-od", "--no_progress",
+                                "-wf", "wav", "--diffusion_speedup", "200", "--results_dir", str(out)]) == 0
+    np.testing.assert_allclose(sf.read(result.output, dtype="float32")[0],
+                               sf.read(out / "clip.wav_0key_spk1_diff_pm.wav", dtype="float32")[0], atol=1.5 / 32768)
+
+
+def test_onnx_backend_loads_through_the_same_request(project, clip, monkeypatch):
+    ui = WebUI(project.root, upload_dir=clip.parent)
+    reply, speakers = ui.load_model("logs/44k/G_1.pth", device="cpu", backend="onnx")
+    assert reply.ok, reply.message
+    assert ui.request.backend == "onnx" and (project.root / "logs/44k/G_1_SoVits.onnx").is_file()
+    audio, name = _ui(ui, clip)
+    expected, _ = _cli(project, monkeypatch, clip, "--backend", "onnx")
+    np.testing.assert_allclose(audio, expected, atol=1.5 / 32768)
+    reply, _ = ui.load_model("logs/44k/G_1.pth", backend="tensorrt")
+    assert not reply.ok and "unknown backend 'tensorrt'" in reply.message
