@@ -4,8 +4,10 @@ Everything the page does goes through `WebUI`, whose callbacks are plain methods
 file paths in; a `Reply` or tuples of values out), so they are tested without a browser. `build_app`
 only lays out the Blocks and wires components to those methods.
 
-Conversion uses the same engine as inference_main.py (`SvcEngine`, `ConvertOptions`) and names its
-result like the command line (`inference_plan.output_name`). The options of the Convert tab come from
+Conversion uses the same engine as inference_main.py, built by `inference_batch.load_engine` from a
+`BatchRequest` with the unit mixer of `unit_mixer_for`, and names its result like the command line
+(`inference_plan.output_name`). Optional k-means / index / diffusion files are picked from a scan
+(`scan_extras`), like the models. The options of the Convert tab come from
 one table, `CONVERT_FIELDS`: an option added to the engine (cluster ratio, shallow diffusion, ...)
 is one more entry there.
 
@@ -257,14 +259,14 @@ CONVERT_FIELDS: tuple[ConvertField, ...] = (
                  group="timbre"),
     ConvertField("k_step", "Diffusion depth (k steps)", "number", 100,
                  "-ks: shallow diffusion steps, at most the model's k_step_max", minimum=1, group="timbre",
-                 cast=lambda v: int(round(float(v)))),
+                 cast=lambda v: round(float(v))),
     ConvertField("second_encoding", "Second encoding", "checkbox", False,
                  "-se: re-encode units from the so-vits output before diffusion", group="timbre"),
     ConvertField("diffusion_method", "Diffusion sampler", "dropdown", METHOD_FROM_CONFIG,
                  "--diffusion_method", choices=(METHOD_FROM_CONFIG, *DIFFUSION_METHODS), group="timbre"),
     ConvertField("diffusion_speedup", "Diffusion speedup", "number", None,
                  "--diffusion_speedup: steps skipped per solver step; empty takes the diffusion config's",
-                 minimum=1, group="timbre", cast=lambda v: None if v is None else int(round(float(v)))),
+                 minimum=1, group="timbre", cast=lambda v: None if v is None else round(float(v))),
     ConvertField("enhance", "NSF-HiFiGAN enhancer", "checkbox", False,
                  "-eh: re-synthesise with pretrain/nsf_hifigan (off with shallow diffusion)", group="timbre"),
     ConvertField("enhancer_adaptive_key", "Enhancer adaptive key", "number", 0,
@@ -418,9 +420,9 @@ class WebUI:
         try:
             extras = self.extras()
             picked = {}
-            for what, label, table in (("k-means model", kmeans, extras.kmeans), ("feature index", index,
-                                                                                  extras.indexes),
-                                       ("diffusion model", diffusion, extras.diffusion)):
+            pickers = (("k-means model", kmeans, extras.kmeans), ("feature index", index, extras.indexes),
+                       ("diffusion model", diffusion, extras.diffusion))
+            for what, label, table in pickers:
                 if label and label != NO_FILE and label not in table:
                     raise InferenceError(f"{what} '{label}' is not in the scan of {', '.join(self.model_folders)}; "
                                          f"press Refresh")
@@ -473,8 +475,14 @@ class WebUI:
         if engine is None:
             return Reply("No model loaded"), []
         speakers = sorted(engine.speakers, key=engine.speakers.get) or [str(i) for i in range(engine.n_speakers)]
+        extras = ""
+        if self.request is not None:
+            named = [(what, path) for what, path in (
+                ("k-means", self.request.cluster_model_path), ("index", self._index_path),
+                ("diffusion", self.request.diffusion_model_path)) if path]
+            extras = "".join(f"; {what}: {Path(path).relative_to(self.root).as_posix()}" for what, path in named)
         return Reply(f"Loaded {self.model_label} on {engine.device} ({engine.sr} Hz, speakers: "
-                     f"{', '.join(speakers)})"), speakers
+                     f"{', '.join(speakers)}){extras}"), speakers
 
     # ----- Convert tab -------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def ui(project):
     ui = WebUI(project.root, upload_dir=project.root / "uploads")
     reply, _ = ui.load_model("logs/44k/G_1.pth", device="cpu", kmeans=KMEANS, index=INDEX, diffusion=DIFFUSION)
     assert reply.ok, reply.message
+    assert reply.message.endswith(f"; k-means: {KMEANS}; index: {INDEX}; diffusion: {DIFFUSION}")
     return ui
 
 
@@ -53,8 +54,8 @@ def clip(ui) -> Path:
     return path
 
 
-def _cli(project, monkeypatch, clip: Path, *flags: str) -> np.ndarray:
-    """inference_main.py on the same clip; returns the audio of the one file it wrote."""
+def _cli(project, monkeypatch, clip: Path, *flags: str) -> tuple[np.ndarray, str]:
+    """inference_main.py on the same clip; returns the audio and name of the one file it wrote."""
     monkeypatch.chdir(project.root)
     out = project.root / "cli_results"
     for old in out.glob("*"):
@@ -164,10 +165,10 @@ def test_only_diffusion_gives_the_command_lines_audio_and_name(ui, project, monk
 
 def test_onnx_backend_loads_through_the_same_request(project, clip, monkeypatch):
     ui = WebUI(project.root, upload_dir=clip.parent)
-    reply, speakers = ui.load_model("logs/44k/G_1.pth", device="cpu", backend="onnx")
+    reply, _ = ui.load_model("logs/44k/G_1.pth", device="cpu", backend="onnx")
     assert reply.ok, reply.message
     assert ui.request.backend == "onnx" and (project.root / "logs/44k/G_1_SoVits.onnx").is_file()
-    audio, name = _ui(ui, clip)
+    audio, _ = _ui(ui, clip)
     expected, _ = _cli(project, monkeypatch, clip, "--backend", "onnx")
     np.testing.assert_allclose(audio, expected, atol=1.5 / 32768)
     reply, _ = ui.load_model("logs/44k/G_1.pth", backend="tensorrt")
