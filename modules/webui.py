@@ -750,7 +750,10 @@ def build_app(ui: WebUI) -> Any:
         result = ui.convert(audio_file, speaker, dict(zip(FIELD_NAMES, values)), progress=progress,
                             show_progress=True)
         path = str(result.output) if result.output else None
-        return result.reply.markdown, path, shown_file(path), result.f0_figure
+        # Only diffusion converts for the diffusion config's speakers: the list follows the engine in use.
+        speakers = ui.current()[1]
+        keep = speaker if speaker in speakers else (speakers[0] if speakers else None)
+        return result.reply.markdown, path, shown_file(path), result.f0_figure, gr.update(choices=speakers, value=keep)
 
     def mix(selected, rates, mode, name):
         reply, out = ui.mix_models(selected or [], rates, mode, name)
@@ -845,8 +848,8 @@ def build_app(ui: WebUI) -> Any:
                                                       index_choice, diffusion_choice],
                        outputs=[model_status, speaker])
         unload_btn.click(guarded(unload, 2), outputs=[model_status, speaker])
-        convert_btn.click(guarded(convert, 4), inputs=[audio_in, speaker, *field_components],
-                          outputs=[convert_status, audio_out, download, f0_plot])
+        convert_btn.click(guarded(convert, 5), inputs=[audio_in, speaker, *field_components],
+                          outputs=[convert_status, audio_out, download, f0_plot, speaker])
         mix_btn.click(guarded(mix, 2), inputs=[mix_models, mix_rates, mix_mode, mix_name],
                       outputs=[mix_status, mix_file])
         compress_btn.click(guarded(compress, 2), inputs=[compress_choice, compress_half],
