@@ -173,3 +173,10 @@ def test_onnx_backend_loads_through_the_same_request(project, clip, monkeypatch)
     np.testing.assert_allclose(audio, expected, atol=1.5 / 32768)
     reply, _ = ui.load_model("logs/44k/G_1.pth", backend="tensorrt")
     assert not reply.ok and "unknown backend 'tensorrt'" in reply.message
+
+
+def test_enhancer_uses_the_projects_vocoder_like_the_command_line(ui, project, monkeypatch, clip):
+    audio, name = _ui(ui, clip, enhance=True, enhancer_adaptive_key=2)
+    assert name == "clip_0key_bass_sovits_pm.wav" and ui.request.vocoder_dir == ui.pretrain_dir / "nsf_hifigan"
+    expected, _ = _cli(project, monkeypatch, clip, "-eh", "-eak", "2")
+    np.testing.assert_allclose(audio, expected, atol=1.5 / 32768)
