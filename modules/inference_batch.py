@@ -190,6 +190,11 @@ def unit_mixer_for(request: BatchRequest, engine: SvcEngine, speakers: Sequence[
     return mixer
 
 
+def output_mode(diffusion: DiffusionOptions) -> str:
+    """The mode part of a result name: diff (-od), sovdiff (-shd) or sovits, as the original names results."""
+    return "diff" if diffusion.only else "sovdiff" if diffusion.shallow else "sovits"
+
+
 def load_engine(request: BatchRequest) -> SvcEngine:
     """The engine a request asks for: the so-vits model (torch or onnxruntime) with the shallow diffusion or
     enhancer step attached, or the diffusion model alone (-od). Shared by the command line and the web UI."""
@@ -216,7 +221,7 @@ def convert_batch(request: BatchRequest) -> list[Path]:
     jobs = resolve_jobs(request.names, request.transposes, request.raw_dir)
     engine = load_engine(request)
     diff = request.diffusion
-    mode = "diff" if diff.only else "sovdiff" if diff.shallow else "sovits"
+    mode = output_mode(diff)
     mix = None
     if request.spk_mix_file is not None:
         mix = load_spk_mix(request.spk_mix_file, engine.speakers, engine.n_speakers)

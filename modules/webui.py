@@ -4,8 +4,10 @@ Everything the page does goes through `WebUI`, whose callbacks are plain methods
 file paths in; a `Reply` or tuples of values out), so they are tested without a browser. `build_app`
 only lays out the Blocks and wires components to those methods.
 
-Conversion uses the same engine as inference_main.py (`SvcEngine`, `ConvertOptions`) and names its
-result like the command line (`inference_plan.output_name`). The options of the Convert tab come from
+Conversion uses the same engine as inference_main.py, built by `inference_batch.load_engine` from a
+`BatchRequest` with the unit mixer of `unit_mixer_for`, and names its result like the command line
+(`inference_plan.output_name`). Optional k-means / index / diffusion files are picked from a scan
+(`scan_extras`), like the models. The options of the Convert tab come from
 one table, `CONVERT_FIELDS`: an option added to the engine (cluster ratio, shallow diffusion, ...)
 is one more entry there.
 
@@ -31,8 +33,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from modules.audio import load_audio, resample, save_audio
+from modules.config import DIFFUSION_METHODS
+from modules.diffusion_infer import DiffusionOptions
 from modules.errors import ConfigError, InferenceError, SvcError
 from modules.inference import ConvertOptions, SvcEngine
+from modules.inference_batch import BatchRequest, load_engine, output_mode, unit_mixer_for
 from modules.inference_plan import output_name
 from modules.pitch import PREDICTOR_NAMES, get_f0_predictor
 from modules.speaker_mix import SpeakerMix, load_spk_mix
@@ -43,6 +48,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MODEL_FOLDERS = ("logs/44k", "trained")
 OUTPUT_FORMATS = ("flac", "wav", "ogg")
+BACKENDS = ("torch", "onnx")
+NO_FILE = "(none)"  # the optional-file pickers' "do not use one"
+# Shown for "take the sampler from the diffusion config" (--diffusion_method left out).
+METHOD_FROM_CONFIG = "from the diffusion config"
 # The original web UI's one default that differs from inference_main.py: it imposes the input's
 # loudness envelope (0) where the command line leaves the output's alone (1).
 WEBUI_LOUDNESS_DEFAULT = 0.0
@@ -116,6 +125,66 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class DiffusionEntry:
+    """A diffusion model_*.pt found by the scan, with the config.yaml of its folder."""
+
+    label: str
+    model: Path
+    config: Path
+
+
+@dataclass(frozen=True)
+class ExtraFiles:
+    """The optional files a conversion can use, by the label the page shows."""
+
+    kmeans: dict[str, Path]  # cluster/train_cluster.py output (kmeans_10000.pt)
+    indexes: dict[str, Path]  # train_index.py output (feature_and_index.pkl)
+    diffusion: dict[str, DiffusionEntry]  # train_diff.py output (diffusion/model_*.pt + config.yaml)
+
+
+def _diffusion_step(path: Path) -> tuple[int, str]:
+    match = re.fullmatch(r"model_(\d+)", path.stem)
+    return (int(match.group(1)) if match else -1, path.name)
+
+
+def scan_extras(root: str | os.PathLike, folders: Sequence[str] = MODEL_FOLDERS) -> ExtraFiles:
+    """K-means models (*.pt), feature indexes (*.pkl) and diffusion models of the model folders.
+
+    train.py's layout puts them at logs/44k/kmeans_10000.pt, logs/44k/feature_and_index.pkl and
+    logs/44k/diffusion/model_<step>.pt next to diffusion/config.yaml; a trained/<name>/ folder may hold
+    the same files. A *.pt inside a folder named "diffusion" is never taken for a k-means model, and a
+    diffusion model counts only with a config.yaml beside it (newest step first). Links leading out of
+    the folders are skipped, as for the model scan.
+    """
+    root = Path(root).resolve()
+    kmeans: dict[str, Path] = {}
+    indexes: dict[str, Path] = {}
+    diffusion: dict[str, DiffusionEntry] = {}
+    for folder in folders:
+        base = (root / folder).resolve()
+        if not base.is_dir() or not _inside(base, root):
+            continue
+        for directory in sorted([base, *(p for p in base.rglob("*") if p.is_dir())]):
+            if not _inside(directory.resolve(), base):
+                continue
+            files = [p for p in sorted(directory.iterdir()) if p.is_file() and _inside(p.resolve(), base)]
+            if directory.name == "diffusion":
+                config = directory / "config.yaml"
+                if config.is_file():
+                    models = [p for p in files if p.suffix == ".pt" and p.name.startswith("model_")]
+                    for model in sorted(models, key=_diffusion_step, reverse=True):
+                        label = model.relative_to(root).as_posix()
+                        diffusion[label] = DiffusionEntry(label, model, config)
+                continue
+            for p in files:
+                if p.suffix == ".pt":
+                    kmeans[p.relative_to(root).as_posix()] = p
+                elif p.suffix == ".pkl":
+                    indexes[p.relative_to(root).as_posix()] = p
+    return ExtraFiles(kmeans, indexes, diffusion)
+
+
 def safe_file_name(name: str, default: str = "file") -> str:
     """A name from the browser reduced to one harmless path component (no folders, no leading dots)."""
     base = re.split(r"[\\/]", str(name or ""))[-1]
@@ -130,8 +199,9 @@ def safe_file_name(name: str, default: str = "file") -> str:
 class ConvertField:
     """One option of the Convert tab: its component and where its value goes.
 
-    `target` is a ConvertOptions attribute, or one of the request-level keys handled by
-    `WebUI.convert` ("speaker", "wav_format", "use_spk_mix").
+    `target` is a ConvertOptions attribute, a DiffusionOptions flag named as inference_main.py's
+    (`DIFFUSION_TARGETS`), or one of the request-level keys handled by `WebUI.convert` ("wav_format",
+    "use_spk_mix", "cluster_infer_ratio", "feature_retrieval"). `group` is the accordion it sits in.
     """
 
     target: str
@@ -143,7 +213,7 @@ class ConvertField:
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
-    advanced: bool = False
+    group: str = ""  # "": always shown; else the accordion's key in GROUP_TITLES
     cast: Callable[[Any], Any] = lambda v: v
 
 
@@ -163,34 +233,84 @@ CONVERT_FIELDS: tuple[ConvertField, ...] = (
                  "(inference_main.py's default is 1)", minimum=0.0, maximum=1.0, step=0.05, cast=float),
     ConvertField("wav_format", "Output format", "radio", "flac", "-wf", choices=OUTPUT_FORMATS),
     ConvertField("slice_db", "Slicing threshold (dB)", "number", -40, "-sd: -40 normal, -30 noisy input, -50 breathy",
-                 advanced=True, cast=float),
+                 group="advanced", cast=float),
     ConvertField("pad_seconds", "Padding (s)", "number", 0.5, "-p: silence around each slice against end noises",
-                 minimum=0.0, advanced=True, cast=float),
+                 minimum=0.0, group="advanced", cast=float),
     ConvertField("clip_seconds", "Forced clip length (s)", "number", 0, "-cl: 0 cuts only at silences",
-                 minimum=0.0, advanced=True, cast=float),
+                 minimum=0.0, group="advanced", cast=float),
     ConvertField("linear_gradient", "Crossfade (s)", "number", 0, "-lg: overlap between forced clips",
-                 minimum=0.0, advanced=True, cast=float),
+                 minimum=0.0, group="advanced", cast=float),
     ConvertField("linear_gradient_retain", "Crossfade retain", "number", 0.75,
                  "-lgr: fraction of the overlap that is blended (0..1]", minimum=0.01, maximum=1.0,
-                 advanced=True, cast=float),
+                 group="advanced", cast=float),
     ConvertField("use_spk_mix", "Use the speaker-mix timeline", "checkbox", False,
-                 "-usm: the map validated in the Tools tab replaces the speaker", advanced=True),
+                 "-usm: the map validated in the Tools tab replaces the speaker", group="advanced"),
+    ConvertField("cluster_infer_ratio", "Cluster / retrieval ratio", "slider", 0.0,
+                 "-cr: 0..1, how far units move toward the speaker's own (less timbre leak, less clear words); "
+                 "needs a k-means model or feature index picked in the Model tab", minimum=0.0, maximum=1.0,
+                 step=0.05, group="timbre", cast=float),
+    ConvertField("feature_retrieval", "Feature retrieval", "checkbox", False,
+                 "-fr: use the feature index instead of the k-means model", group="timbre"),
+    ConvertField("shallow_diffusion", "Shallow diffusion", "checkbox", False,
+                 "-shd: refine the output with the diffusion model picked in the Model tab; turns the enhancer off",
+                 group="timbre"),
+    ConvertField("only_diffusion", "Only diffusion", "checkbox", False,
+                 "-od: convert with the diffusion model and vocoder alone (speakers of the diffusion config)",
+                 group="timbre"),
+    ConvertField("k_step", "Diffusion depth (k steps)", "number", 100,
+                 "-ks: shallow diffusion steps, at most the model's k_step_max", minimum=1, group="timbre",
+                 cast=lambda v: round(float(v))),
+    ConvertField("second_encoding", "Second encoding", "checkbox", False,
+                 "-se: re-encode units from the so-vits output before diffusion", group="timbre"),
+    ConvertField("diffusion_method", "Diffusion sampler", "dropdown", METHOD_FROM_CONFIG,
+                 "--diffusion_method", choices=(METHOD_FROM_CONFIG, *DIFFUSION_METHODS), group="timbre"),
+    ConvertField("diffusion_speedup", "Diffusion speedup", "number", None,
+                 "--diffusion_speedup: steps skipped per solver step; empty takes the diffusion config's",
+                 minimum=1, group="timbre", cast=lambda v: None if v is None else round(float(v))),
+    ConvertField("enhance", "NSF-HiFiGAN enhancer", "checkbox", False,
+                 "-eh: re-synthesise with pretrain/nsf_hifigan (off with shallow diffusion)", group="timbre"),
+    ConvertField("enhancer_adaptive_key", "Enhancer adaptive key", "number", 0,
+                 "-eak: semitones the enhancer's range moves, for very high or low voices", group="timbre",
+                 cast=float),
 )
+GROUP_TITLES = {"advanced": "Slicing, padding, crossfade, speaker mix",
+                "timbre": "Cluster / feature retrieval, diffusion and enhancer"}
+# Convert-tab targets that make up the DiffusionOptions, by that class's attribute.
+DIFFUSION_TARGETS = {"shallow_diffusion": "shallow", "only_diffusion": "only", "k_step": "k_step",
+                     "second_encoding": "second_encoding", "diffusion_method": "method",
+                     "diffusion_speedup": "speedup", "enhance": "enhance",
+                     "enhancer_adaptive_key": "enhancer_adaptive_key"}
 FIELD_NAMES = tuple(f.target for f in CONVERT_FIELDS)
-_REQUEST_KEYS = {"wav_format", "use_spk_mix"}
+_REQUEST_KEYS = {"wav_format", "use_spk_mix", "cluster_infer_ratio", "feature_retrieval"}
 
 
 def options_from_values(values: dict[str, Any]) -> tuple[ConvertOptions, dict[str, Any]]:
-    """ConvertOptions plus the request-level values, from {field target: raw value}; ConfigError on bad ranges."""
+    """ConvertOptions plus the request-level values, from {field target: raw value}; ConfigError on bad ranges.
+
+    The request values include "diffusion": the DiffusionOptions of the diffusion fields."""
     opts: dict[str, Any] = {}
     request: dict[str, Any] = {}
+    diffusion: dict[str, Any] = {}
     for f in CONVERT_FIELDS:
         raw = values.get(f.target, f.default)
         try:
             value = f.cast(f.default if raw is None or raw == "" else raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{f.label}: '{raw}' is not a valid value") from None
-        (request if f.target in _REQUEST_KEYS else opts)[f.target] = value
+        if f.target in DIFFUSION_TARGETS:
+            diffusion[DIFFUSION_TARGETS[f.target]] = value
+        else:
+            (request if f.target in _REQUEST_KEYS else opts)[f.target] = value
+    if diffusion["method"] == METHOD_FROM_CONFIG:
+        diffusion["method"] = None
+    elif diffusion["method"] not in DIFFUSION_METHODS:
+        raise ConfigError(f"unknown diffusion sampler '{diffusion['method']}'; choose one of "
+                          f"{', '.join(DIFFUSION_METHODS)}")
+    if not 0 <= request["cluster_infer_ratio"] <= 1:
+        raise ConfigError(f"Cluster / retrieval ratio must be in [0, 1], got {request['cluster_infer_ratio']}")
+    if diffusion["k_step"] < 1 or (diffusion["speedup"] is not None and diffusion["speedup"] < 1):
+        raise ConfigError("k steps and diffusion speedup must be at least 1")
+    request["diffusion"] = DiffusionOptions(**diffusion)
     if not 0 < opts["linear_gradient_retain"] <= 1:
         raise ConfigError(f"Crossfade retain must be in (0, 1], got {opts['linear_gradient_retain']}")
     for key in ("clip_seconds", "linear_gradient", "pad_seconds", "noise_scale"):
@@ -250,6 +370,11 @@ class WebUI:
         self.pretrain_dir = Path(pretrain_dir) if pretrain_dir else self.root / "pretrain"
         self.model_folders = tuple(model_folders)
         self.engine: SvcEngine | None = None
+        # What the engine was built from (the Model tab's choices); a conversion asking for other diffusion
+        # options rebuilds it from this request through load_engine, as inference_main.py builds it.
+        self.request: BatchRequest | None = None
+        self._built_diffusion = DiffusionOptions()
+        self._index_path: Path | None = None
         self.model_label = ""
         self.spk_mix: SpeakerMix | None = None
         self._lock = threading.Lock()  # one conversion or load at a time: the engine is not reentrant
@@ -280,12 +405,31 @@ class WebUI:
     def model_choices(self) -> list[str]:
         return list(self.models())
 
+    def extras(self) -> ExtraFiles:
+        return scan_extras(self.root, self.model_folders)
+
     def load_model(
         self, choice: str | None, model_file: str | None = None, config_file: str | None = None,
-        device: str | None = "auto", fast: bool = False,
+        device: str | None = "auto", fast: bool = False, backend: str = "torch", kmeans: str | None = None,
+        index: str | None = None, diffusion: str | None = None,
     ) -> tuple[Reply, list[str]]:
-        """Load a scanned model (or an uploaded G file + config when both are given); returns the speakers."""
+        """Load a scanned model (or an uploaded G file + config when both are given); returns the speakers.
+
+        `kmeans`, `index` and `diffusion` are labels of `extras()` (empty: none); they are used when a
+        conversion asks for a cluster ratio, feature retrieval or shallow / only diffusion."""
         try:
+            extras = self.extras()
+            picked = {}
+            pickers = (("k-means model", kmeans, extras.kmeans), ("feature index", index, extras.indexes),
+                       ("diffusion model", diffusion, extras.diffusion))
+            for what, label, table in pickers:
+                if label and label != NO_FILE and label not in table:
+                    raise InferenceError(f"{what} '{label}' is not in the scan of {', '.join(self.model_folders)}; "
+                                         f"press Refresh")
+                picked[what] = table.get(label) if label and label != NO_FILE else None
+            if backend not in BACKENDS:
+                raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+            diff_entry = picked["diffusion model"]
             if model_file or config_file:
                 model = self.uploaded(model_file, "G model file")
                 config = self.uploaded(config_file, "config.json")
@@ -296,12 +440,21 @@ class WebUI:
                     raise InferenceError(f"model '{choice}' is not in the scan of {', '.join(self.model_folders)}; "
                                          f"press Refresh or upload a model")
                 model, config, label = entry.model, entry.config, entry.label
+            request = BatchRequest(
+                model_path=model, config_path=config, names=(), device=None if device in (None, "", "auto") else device,
+                fast=bool(fast), pretrain_dir=self.pretrain_dir, show_progress=False, backend=backend,
+                cluster_model_path=picked["k-means model"] or "", diffusion=DiffusionOptions(),
+                diffusion_model_path=diff_entry.model if diff_entry else "",
+                diffusion_config_path=diff_entry.config if diff_entry else "",
+            )
+            index_path = picked["feature index"]
             with self._lock:
-                self.engine = None
-                engine = SvcEngine.load(model, config, device=None if device in (None, "", "auto") else device,
-                                        pretrain_dir=self.pretrain_dir, fast=bool(fast))
+                self.engine, self.request = None, None
+                engine = load_engine(request)
                 _ = engine.encoder  # a missing speech-encoder file is reported now, not at the first conversion
                 self.engine, self.model_label, self.spk_mix = engine, label, None
+                self.request, self._built_diffusion = request, DiffusionOptions()
+                self._index_path = index_path
         except SvcError as e:
             return self.error(e), []
         return self.current()
@@ -309,7 +462,7 @@ class WebUI:
     def unload_model(self) -> Reply:
         with self._lock:
             on_gpu = self.engine is not None and self.engine.device.type == "cuda"
-            self.engine, self.model_label, self.spk_mix = None, "", None
+            self.engine, self.model_label, self.spk_mix, self.request = None, "", None, None
         if on_gpu:
             import torch
 
@@ -322,8 +475,14 @@ class WebUI:
         if engine is None:
             return Reply("No model loaded"), []
         speakers = sorted(engine.speakers, key=engine.speakers.get) or [str(i) for i in range(engine.n_speakers)]
+        extras = ""
+        if self.request is not None:
+            named = [(what, path) for what, path in (
+                ("k-means", self.request.cluster_model_path), ("index", self._index_path),
+                ("diffusion", self.request.diffusion_model_path)) if path]
+            extras = "".join(f"; {what}: {Path(path).relative_to(self.root).as_posix()}" for what, path in named)
         return Reply(f"Loaded {self.model_label} on {engine.device} ({engine.sr} Hz, speakers: "
-                     f"{', '.join(speakers)})"), speakers
+                     f"{', '.join(speakers)}){extras}"), speakers
 
     # ----- Convert tab -------------------------------------------------------------------------------
 
@@ -333,8 +492,7 @@ class WebUI:
     ) -> ConvertResult:
         """Convert one uploaded or recorded clip; the result goes to results/ under the CLI's name."""
         try:
-            engine = self.engine
-            if engine is None:
+            if self.engine is None or self.request is None:
                 raise InferenceError("no model loaded; pick one in the Model tab and press Load")
             options, request = options_from_values(values)
             source = self.uploaded(audio_file, "audio")
@@ -344,18 +502,23 @@ class WebUI:
                 if self.spk_mix is None:
                     raise InferenceError("speaker mix is on but no timeline was validated (Tools tab)")
                 mix = self.spk_mix
-            speaker = speaker if speaker not in (None, "") else (min(engine.speakers, key=engine.speakers.get)
-                                                                  if engine.speakers else "0")
-            if mix is None:
-                engine.resolve_speaker(speaker)
-            options = dataclasses.replace(options, speaker=speaker, spk_mix=mix)
+            diffusion: DiffusionOptions = request["diffusion"]
             with self._lock:
+                engine, batch = self._engine_for(diffusion, request["cluster_infer_ratio"],
+                                                 request["feature_retrieval"])
+                speaker = speaker if speaker not in (None, "") else (min(engine.speakers, key=engine.speakers.get)
+                                                                      if engine.speakers else "0")
+                if mix is None:
+                    engine.resolve_speaker(speaker)
+                unit_mixer = unit_mixer_for(batch, engine, [] if mix is not None else [speaker], mix is not None)
+                options = dataclasses.replace(options, speaker=speaker, spk_mix=mix, unit_mixer=unit_mixer)
                 if progress is not None:
                     progress(0.0, desc="converting")
                 converted = engine.convert(audio, sr, options, show_progress=show_progress)
             name = output_name(safe_file_name(source.stem, "audio"), options.transpose, safe_file_name(str(speaker)),
                                options.f0_predictor, request["wav_format"], auto_f0=options.auto_predict_f0,
-                               spk_mix=mix is not None)
+                               spk_mix=mix is not None, cluster_ratio=request["cluster_infer_ratio"],
+                               mode=output_mode(diffusion))
             out = self.results_dir / name
             save_audio(out, converted, engine.sr)
             if progress is not None:
@@ -366,6 +529,41 @@ class WebUI:
             return ConvertResult(self.error(e))
         seconds = len(converted) / engine.sr
         return ConvertResult(Reply(f"Converted {seconds:.2f} s -> {out.name}"), out, f0_figure(curves), curves)
+
+    def _engine_for(self, diffusion: DiffusionOptions, ratio: float,
+                    feature_retrieval: bool) -> tuple[SvcEngine, BatchRequest]:
+        """The engine for these diffusion options (rebuilt through load_engine when they differ from the
+        loaded one's) and the request describing it with the cluster settings. Caller holds the lock."""
+        assert self.request is not None and self.engine is not None
+        if (diffusion.shallow or diffusion.only) and not str(self.request.diffusion_model_path):
+            raise InferenceError("shallow / only diffusion needs a diffusion model: pick one in the Model tab "
+                                 "and press Load")
+        if ratio > 0:
+            path = self._index_path if feature_retrieval else self.request.cluster_model_path
+            if not path:
+                what = "feature index" if feature_retrieval else "k-means model"
+                raise InferenceError(f"a cluster / retrieval ratio above 0 needs a {what}: pick one in the Model tab "
+                                     f"and press Load")
+        else:
+            path = ""
+        # The post-processing step is built with its options (load_engine may also switch the enhancer off),
+        # so other options mean a rebuild; on failure the loaded engine stays as it was.
+        wanted = dataclasses.replace(diffusion)
+        if wanted != self._built_diffusion:
+            request = dataclasses.replace(self.request, diffusion=dataclasses.replace(diffusion),
+                                          vocoder_dir=self._vocoder_dir(diffusion))
+            self.engine = load_engine(request)
+            self.request, self._built_diffusion = request, wanted
+        batch = dataclasses.replace(self.request, cluster_model_path=path, cluster_infer_ratio=ratio,
+                                    feature_retrieval=feature_retrieval)
+        return self.engine, batch
+
+    def _vocoder_dir(self, diffusion: DiffusionOptions) -> Path | None:
+        """The enhancer's vocoder is the project's pretrain/nsf_hifigan (the command line's default, relative to
+        its working folder); the diffusion steps use their config's vocoder."""
+        if diffusion.enhance and not (diffusion.shallow or diffusion.only):
+            return self.pretrain_dir / "nsf_hifigan"
+        return None
 
     # ----- Tools tab ---------------------------------------------------------------------------------
 
@@ -523,16 +721,22 @@ def build_app(ui: WebUI) -> Any:
 
     choices = ui.model_choices()
 
+    def optional(names):  # an optional-file picker: the newest file preselected, "(none)" always offered
+        return gr.update(choices=[*names, NO_FILE], value=names[0] if names else NO_FILE)
+
     def shown_file(path):  # an empty file box is large: show it only with a file in it
         return gr.update(value=str(path) if path else None, visible=bool(path))
 
     def refresh():
         names = ui.model_choices()
+        extras = ui.extras()
         return gr.update(choices=names, value=names[0] if names else None), gr.update(choices=names, value=[]), \
-            gr.update(choices=names, value=names[0] if names else None)
+            gr.update(choices=names, value=names[0] if names else None), optional(list(extras.kmeans)), \
+            optional(list(extras.indexes)), optional(list(extras.diffusion))
 
-    def load(choice, model_file, config_file, device, fast):
-        reply, speakers = ui.load_model(choice, model_file, config_file, device, fast)
+    def load(choice, model_file, config_file, device, fast, backend, kmeans, index, diffusion):
+        reply, speakers = ui.load_model(choice, model_file, config_file, device, fast, backend, kmeans, index,
+                                        diffusion)
         return reply.markdown, gr.update(choices=speakers, value=speakers[0] if speakers else None)
 
     def unload():
@@ -546,7 +750,10 @@ def build_app(ui: WebUI) -> Any:
         result = ui.convert(audio_file, speaker, dict(zip(FIELD_NAMES, values)), progress=progress,
                             show_progress=True)
         path = str(result.output) if result.output else None
-        return result.reply.markdown, path, shown_file(path), result.f0_figure
+        # Only diffusion converts for the diffusion config's speakers: the list follows the engine in use.
+        speakers = ui.current()[1]
+        keep = speaker if speaker in speakers else (speakers[0] if speakers else None)
+        return result.reply.markdown, path, shown_file(path), result.f0_figure, gr.update(choices=speakers, value=keep)
 
     def mix(selected, rates, mode, name):
         reply, out = ui.mix_models(selected or [], rates, mode, name)
@@ -574,27 +781,39 @@ def build_app(ui: WebUI) -> Any:
                 device = gr.Dropdown(choices=available_devices(), value="auto", label="Device")
                 fast = gr.Checkbox(value=False, label="Fast (reduced precision)",
                                    info="--fast: bf16 on CPUs that have it, fp16 on GPU")
+                backend = gr.Radio(choices=list(BACKENDS), value="torch", label="Backend",
+                                   info="--backend: onnx runs the exported graph (<model>_SoVits.onnx next to the "
+                                        "model, exported on first use) on onnxruntime; device and fast do not apply")
+            with gr.Accordion("Cluster / feature index and diffusion model (used when the Convert tab asks)",
+                              open=False), gr.Row():
+                extras = ui.extras()
+                kmeans_choice, index_choice, diffusion_choice = (
+                    gr.Dropdown(choices=[*names, NO_FILE], value=names[0] if names else NO_FILE, label=label,
+                                elem_id=elem_id)
+                    for names, label, elem_id in (
+                        (list(extras.kmeans), "K-means model (-cm)", "kmeans_choice"),
+                        (list(extras.indexes), "Feature index (-cm with -fr)", "index_choice"),
+                        (list(extras.diffusion), "Diffusion model (-dm, with its folder's config.yaml)",
+                         "diffusion_choice")))
             with gr.Row():
                 load_btn = gr.Button("Load", variant="primary", elem_id="load")
                 unload_btn = gr.Button("Unload", elem_id="unload")
             model_status = gr.Markdown("No model loaded", elem_id="model_status")
-            # Cluster / feature-retrieval and diffusion model pickers belong here once the engine has them.
         with gr.Tab("Convert"), gr.Row():
             with gr.Column():
                 audio_in = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input audio",
                                     elem_id="audio_in")
                 speaker = gr.Dropdown(choices=[], label="Speaker", elem_id="speaker")
-                basic = [_component(gr, f) for f in CONVERT_FIELDS if not f.advanced]
-                with gr.Accordion("Slicing, padding, crossfade, speaker mix", open=False):
-                    advanced = [_component(gr, f) for f in CONVERT_FIELDS if f.advanced]
+                by_name = {f.target: _component(gr, f) for f in CONVERT_FIELDS if not f.group}
+                for group, title in GROUP_TITLES.items():
+                    with gr.Accordion(title, open=False):
+                        by_name.update({f.target: _component(gr, f) for f in CONVERT_FIELDS if f.group == group})
                 convert_btn = gr.Button("Convert", variant="primary", elem_id="convert")
             with gr.Column():
                 convert_status = gr.Markdown("", elem_id="convert_status")
                 audio_out = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="audio_out")
                 download = gr.File(label="Download", interactive=False, elem_id="download", visible=False)
                 f0_plot = gr.Plot(label="F0: input, requested and output", elem_id="f0_plot")
-        by_name = {f.target: c for f, c in zip([f for f in CONVERT_FIELDS if not f.advanced], basic)}
-        by_name.update({f.target: c for f, c in zip([f for f in CONVERT_FIELDS if f.advanced], advanced)})
         field_components = [by_name[name] for name in FIELD_NAMES]
         with gr.Tab("Tools"):
             with gr.Accordion("Static model mixing", open=True):
@@ -621,15 +840,16 @@ def build_app(ui: WebUI) -> Any:
                 validate_btn = gr.Button("Validate and use")
                 validate_status = gr.Markdown("")
 
-        status_outputs = [model_choice, mix_models, compress_choice]
-        refresh_btn.click(guarded(refresh, 3), outputs=status_outputs)
+        status_outputs = [model_choice, mix_models, compress_choice, kmeans_choice, index_choice, diffusion_choice]
+        refresh_btn.click(guarded(refresh, 6), outputs=status_outputs)
         # A page opened later shows the models trained since start and the model already loaded.
-        app.load(guarded(on_page_load, 5, 3), outputs=[*status_outputs, model_status, speaker])
-        load_btn.click(guarded(load, 2), inputs=[model_choice, model_upload, config_upload, device, fast],
+        app.load(guarded(on_page_load, 8, 6), outputs=[*status_outputs, model_status, speaker])
+        load_btn.click(guarded(load, 2), inputs=[model_choice, model_upload, config_upload, device, fast, backend, kmeans_choice,
+                                                      index_choice, diffusion_choice],
                        outputs=[model_status, speaker])
         unload_btn.click(guarded(unload, 2), outputs=[model_status, speaker])
-        convert_btn.click(guarded(convert, 4), inputs=[audio_in, speaker, *field_components],
-                          outputs=[convert_status, audio_out, download, f0_plot])
+        convert_btn.click(guarded(convert, 5), inputs=[audio_in, speaker, *field_components],
+                          outputs=[convert_status, audio_out, download, f0_plot, speaker])
         mix_btn.click(guarded(mix, 2), inputs=[mix_models, mix_rates, mix_mode, mix_name],
                       outputs=[mix_status, mix_file])
         compress_btn.click(guarded(compress, 2), inputs=[compress_choice, compress_half],

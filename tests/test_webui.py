@@ -12,11 +12,13 @@ import soundfile as sf
 import torch
 
 import webUI
+from modules.diffusion_infer import DiffusionOptions
 from modules.errors import ConfigError, InferenceError
 from modules.inference import ConvertOptions
 from modules.synthetic_voices import synth_singing
 from modules.webui import (
     CONVERT_FIELDS,
+    METHOD_FROM_CONFIG,
     WebUI,
     options_from_values,
     safe_file_name,
@@ -102,7 +104,8 @@ def test_defaults_are_the_clis_except_the_web_uis_loudness_envelope():
     for name in ("transpose", "clip_seconds", "linear_gradient", "linear_gradient_retain", "pad_seconds", "slice_db",
                  "auto_predict_f0", "f0_predictor", "f0_threshold", "noise_scale"):
         assert getattr(options, name) == getattr(cli, name), name
-    assert request == {"wav_format": "flac", "use_spk_mix": False}
+    assert request == {"wav_format": "flac", "use_spk_mix": False, "cluster_infer_ratio": 0.0,
+                       "feature_retrieval": False, "diffusion": DiffusionOptions()}
     lea = next(f for f in CONVERT_FIELDS if f.target == "loudness_envelope_adjustment")
     assert "inference_main.py's default is 1" in lea.info
 
@@ -280,6 +283,14 @@ CLI_FLAG_IN_UI = {
     "auto_predict_f0": "auto_predict_f0", "f0_predictor": "f0_predictor", "f0_filter_threshold": "f0_threshold",
     "noice_scale": "noise_scale", "loudness_envelope_adjustment": "loudness_envelope_adjustment",
     "use_spk_mix": "use_spk_mix", "wav_format": "wav_format",
+    "cluster_model_path": "Model tab k-means / feature index pickers (scan, no free paths)",
+    "diffusion_model_path": "Model tab diffusion picker", "diffusion_config_path": "config.yaml beside the model",
+    "backend": "Model tab backend", "onnx_model": "<model>_SoVits.onnx next to the model, exported on first use",
+    "vocoder_dir": "no free paths: <pretrain_dir>/nsf_hifigan for -eh, the diffusion config's for diffusion",
+    "cluster_infer_ratio": "cluster_infer_ratio", "feature_retrieval": "feature_retrieval",
+    "shallow_diffusion": "shallow_diffusion", "only_diffusion": "only_diffusion", "k_step": "k_step",
+    "second_encoding": "second_encoding", "enhance": "enhance", "enhancer_adaptive_key": "enhancer_adaptive_key",
+    "diffusion_method": "diffusion_method", "diffusion_speedup": "diffusion_speedup",
 }
 
 
@@ -295,5 +306,11 @@ def test_every_inference_main_flag_has_a_control():
     assert set(field_of["wav_format"].choices) == set(fields["wav_format"].choices)
     assert tuple(field_of["f0_predictor"].choices) == fields["f0_predictor"].choices
     for dest in ("clip", "linear_gradient", "linear_gradient_retain", "pad_seconds", "slice_db", "f0_filter_threshold",
-                 "noice_scale"):
+                 "noice_scale", "cluster_infer_ratio", "k_step", "enhancer_adaptive_key"):
         assert float(field_of[dest].default) == float(fields[CLI_FLAG_IN_UI[dest]].default), dest
+    for dest in ("feature_retrieval", "shallow_diffusion", "only_diffusion", "second_encoding", "enhance"):
+        assert field_of[dest].default is False and fields[dest].default is False and fields[dest].kind == "checkbox"
+    assert set(fields["diffusion_method"].choices) == {METHOD_FROM_CONFIG, *field_of["diffusion_method"].choices}
+    _, request = options_from_values({})  # the sampler and speedup left to the diffusion config, as the CLI's None
+    assert (request["diffusion"].method, request["diffusion"].speedup) == (field_of["diffusion_method"].default,
+                                                                          field_of["diffusion_speedup"].default)

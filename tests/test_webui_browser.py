@@ -21,11 +21,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from modules.synthetic_voices import synth_singing
-from tests.support.tiny_models import write_tiny_project
+from tests.support.cluster_files import write_reference_kmeans
+from tests.support.tiny_models import SPEAKERS, UNIT_DIM, write_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -75,6 +77,9 @@ def server(tmp_path_factory):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         write_tiny_project(root)
+        rng = np.random.default_rng(0)
+        write_reference_kmeans(root / "logs" / "44k" / "kmeans_10000.pt",
+                               {name: rng.standard_normal((4, UNIT_DIM)).astype(np.float32) for name in SPEAKERS})
         yield f"http://127.0.0.1:{port}/", proc
     finally:
         proc.terminate()
@@ -159,6 +164,7 @@ def test_convert_a_clip_in_the_browser(browser, server, tmp_path):
     driver.find_element("id", "load").click()
     status = _wait_text(driver, "model_status", "Loaded")
     assert "logs/44k/G_1.pth" in status and "alto, bass, soprano" in status
+    assert "k-means: logs/44k/kmeans_10000.pt" in status  # the scanned picker's choice reached the load
     _screenshot(driver, "model")
 
     _open_tab(driver, "Convert")
