@@ -32,6 +32,7 @@ from modules.commons import (
     sequence_mask,
     weight_norm,
 )
+from modules.config import DISCRIMINATOR_WIDTHS
 from modules.frame_features import f0_to_coarse
 from modules.nets import WN, ResidualCouplingBlock, TransformerCouplingBlock
 from vdecoder.nsf_hifigan import Generator, GeneratorConfig
@@ -303,6 +304,13 @@ def _norm(use_spectral_norm: bool):
     return torch.nn.utils.spectral_norm if use_spectral_norm else weight_norm
 
 
+def _scaled(channels: int, width: float) -> int:
+    """A discriminator channel count at `width` (only widths whose counts divide the conv groups)."""
+    if width not in DISCRIMINATOR_WIDTHS:
+        raise ValueError(f"discriminator width {width}: use one of {DISCRIMINATOR_WIDTHS}")
+    return int(channels * width)
+
+
 def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor, fmap: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A discriminator's body: leaky-ReLU convs, then the output conv; every output joins the feature maps."""
@@ -317,17 +325,18 @@ def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor, fma
 class DiscriminatorP(nn.Module):
     """Period discriminator: folds the wave into [T/p, p] and runs (k, 1) 2-D convs."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False) -> None:
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False,
+                 width: float = 1.0) -> None:
         super().__init__()
         self.period = period
         norm = _norm(use_spectral_norm)
         pad = (get_padding(kernel_size, 1), 0)
-        chans = [1, 32, 128, 512, 1024]
+        chans = [1] + [_scaled(c, width) for c in (32, 128, 512, 1024)]
         self.convs = nn.ModuleList(
             [norm(nn.Conv2d(chans[i], chans[i + 1], (kernel_size, 1), (stride, 1), padding=pad)) for i in range(4)]
-            + [norm(nn.Conv2d(1024, 1024, (kernel_size, 1), 1, padding=pad))]
+            + [norm(nn.Conv2d(chans[4], chans[4], (kernel_size, 1), 1, padding=pad))]
         )
-        self.conv_post = norm(nn.Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = norm(nn.Conv2d(chans[4], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         fmap = []
@@ -343,18 +352,19 @@ class DiscriminatorP(nn.Module):
 class DiscriminatorS(nn.Module):
     """Scale discriminator on the raw wave with grouped strided 1-D convs."""
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+    def __init__(self, use_spectral_norm: bool = False, width: float = 1.0) -> None:
         super().__init__()
         norm = _norm(use_spectral_norm)
+        c16, c64, c256, c1024 = (_scaled(c, width) for c in (16, 64, 256, 1024))
         self.convs = nn.ModuleList([
-            norm(nn.Conv1d(1, 16, 15, 1, padding=7)),
-            norm(nn.Conv1d(16, 64, 41, 4, groups=4, padding=20)),
-            norm(nn.Conv1d(64, 256, 41, 4, groups=16, padding=20)),
-            norm(nn.Conv1d(256, 1024, 41, 4, groups=64, padding=20)),
-            norm(nn.Conv1d(1024, 1024, 41, 4, groups=256, padding=20)),
-            norm(nn.Conv1d(1024, 1024, 5, 1, padding=2)),
+            norm(nn.Conv1d(1, c16, 15, 1, padding=7)),
+            norm(nn.Conv1d(c16, c64, 41, 4, groups=4, padding=20)),
+            norm(nn.Conv1d(c64, c256, 41, 4, groups=16, padding=20)),
+            norm(nn.Conv1d(c256, c1024, 41, 4, groups=64, padding=20)),
+            norm(nn.Conv1d(c1024, c1024, 41, 4, groups=256, padding=20)),
+            norm(nn.Conv1d(c1024, c1024, 5, 1, padding=2)),
         ])
-        self.conv_post = norm(nn.Conv1d(1024, 1, 3, 1, padding=1))
+        self.conv_post = norm(nn.Conv1d(c1024, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return _conv_stack(self.convs, self.conv_post, x, [])
@@ -365,10 +375,13 @@ class MultiPeriodDiscriminator(nn.Module):
 
     PERIODS = (2, 3, 5, 7, 11)
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+    def __init__(self, use_spectral_norm: bool = False, width: float = 1.0) -> None:
+        """`width` scales every channel count (1.0: so-vits-svc 4.1's discriminator, which pretrained D_0.pth
+        files fit; 0.25: a sixteenth of the weights, enough for small models and quick runs)."""
         super().__init__()
         self.discriminators = nn.ModuleList(
-            [DiscriminatorS(use_spectral_norm)] + [DiscriminatorP(p, use_spectral_norm=use_spectral_norm) for p in self.PERIODS]
+            [DiscriminatorS(use_spectral_norm, width)]
+            + [DiscriminatorP(p, use_spectral_norm=use_spectral_norm, width=width) for p in self.PERIODS]
         )
 
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor):

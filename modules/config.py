@@ -33,6 +33,11 @@ VOCODERS = ("nsf-hifigan", "nsf-snake-hifigan")
 DIFFUSION_VOCODERS = ("nsf-hifigan", "nsf-hifigan-log10")
 DIFFUSION_METHODS = ("dpm-solver++", "dpm-solver", "pndm", "ddim", "unipc")
 
+# Fields this project adds to so-vits-svc 4.1's config; their defaults give the original's behaviour.
+EXTENSION_FIELDS = frozenset({"model.discriminator_width"})
+# Discriminator widths whose channel counts divide the scale discriminator's conv groups.
+DISCRIMINATOR_WIDTHS = (1.0, 0.5, 0.25)
+
 # Sections whose keys are free-form (speaker maps): not checked against the template.
 _FREE_FORM_SECTIONS = {"spk"}
 
@@ -154,7 +159,9 @@ def _merge_with_template(data: dict[str, Any], template: dict[str, Any], path: P
             if prefix == "" and key in _FREE_FORM_SECTIONS:
                 merged[key] = copy.deepcopy(default)
                 continue
-            logger.warning("%s: field '%s' is missing; using the template default %r", path, name, default)
+            # so-vits-svc 4.1's configs lack this project's own fields: those default quietly
+            log = logger.debug if name in EXTENSION_FIELDS else logger.warning
+            log("%s: field '%s' is missing; using the template default %r", path, name, default)
             merged[key] = copy.deepcopy(default)
             continue
         value = data[key]
@@ -189,6 +196,9 @@ def _check_so_vits_fields(cfg: dict[str, Any], path: Path) -> None:
         raise ConfigError(
             f"{path}: field 'model.upsample_rates' multiplies to {product}, but 'data.hop_length' is {hop}; they must match"
         )
+    if model["discriminator_width"] not in DISCRIMINATOR_WIDTHS:
+        raise ConfigError(f"{path}: field 'model.discriminator_width' is {model['discriminator_width']!r}; "
+                          f"expected one of {', '.join(map(str, DISCRIMINATOR_WIDTHS))}")
     spk = cfg.get("spk", {})
     if not isinstance(spk, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in spk.values()):
         raise ConfigError(f"{path}: field 'spk' must map speaker names to integer ids")

@@ -240,7 +240,7 @@ class Trainer:
         torch.manual_seed(hps.train.seed)  # identical initial weights on every rank
         self.net_g: nn.Module = SynthesizerTrn.from_hparams(hps).to(self.device)
         if discriminator_factory is None:
-            self.net_d: nn.Module = MultiPeriodDiscriminator(hps.model.use_spectral_norm)
+            self.net_d: nn.Module = MultiPeriodDiscriminator(hps.model.use_spectral_norm, hps.model.discriminator_width)
         else:  # tests use a narrower discriminator with the same interface
             self.net_d = discriminator_factory(hps)
         self.net_d = self.net_d.to(self.device)

@@ -106,3 +106,16 @@ def test_hparams_access():
     assert h.a.b == 1 and h["a"]["b"] == 1 and "a" in h and h.get("zz", 3) == 3
     h.a.b = 5
     assert h.to_dict() == {"a": {"b": 5}, "c": [1, 2]}
+
+
+def test_discriminator_width_defaults_quietly_and_is_checked(tmp_path, caplog):
+    cfg = load_template()
+    del cfg["model"]["discriminator_width"]  # a so-vits-svc 4.1 config has no such field
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING"):
+        assert load_config(tmp_path / "c.json").model.discriminator_width == 1.0
+    assert "discriminator_width" not in caplog.text
+    cfg["model"]["discriminator_width"] = 0.3
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="model.discriminator_width' is 0.3; expected one of 1.0, 0.5, 0.25"):
+        load_config(tmp_path / "c.json")

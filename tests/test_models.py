@@ -297,3 +297,18 @@ def test_long_input_switches_to_blocks_automatically():
     attn.block_threshold = 10 ** 9
     with torch.no_grad():
         torch.testing.assert_close(out, attn(x, x), rtol=1e-5, atol=1e-6)
+
+
+def test_discriminator_width_scales_the_weights_and_keeps_the_keys():
+
+
+    full, quarter = MultiPeriodDiscriminator(False, 1.0), MultiPeriodDiscriminator(False, 0.25)
+    n_full = sum(p.numel() for p in full.parameters())
+    n_quarter = sum(p.numel() for p in quarter.parameters())
+    assert n_full == 46_747_132  # so-vits-svc 4.1's discriminator (pretrained D_0.pth files fit it)
+    assert n_quarter < n_full / 15 and list(full.state_dict()) == list(quarter.state_dict())
+    y = torch.randn(2, 1, 4096)
+    real, fake, fmap_real, _ = quarter(y, y)
+    assert len(real) == 6 and all(torch.equal(a, b) for a, b in zip(real, fake))
+    with pytest.raises(ValueError, match="discriminator width 0.3"):
+        MultiPeriodDiscriminator(False, 0.3)

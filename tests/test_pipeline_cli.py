@@ -43,6 +43,7 @@ def test_the_numbered_scripts_chain_with_default_paths(tmp_path):
     config = json.loads(config_path.read_text())
     assert config["spk"] == {"alto": 0, "bass": 1} and config["model"]["ssl_dim"] == 256
     config["train"].update(batch_size=2, segment_size=5120, eval_interval=1000, log_interval=1000)
+    config["model"]["discriminator_width"] = 0.25
     config_path.write_text(json.dumps(config))
 
     _script(tmp_path, "preprocess_hubert_f0.py", "--f0_predictor", "pm", "--pretrain_dir", "pretrain")
