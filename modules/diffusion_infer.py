@@ -36,10 +36,10 @@ from modules.frame_features import repeat_expand_2d, volume
 from modules.inference_chunked import ExcitationStream, decoder_receptive_frames, windows
 from modules.inference_plan import loudness_envelope
 from vdecoder import NsfHifiGan
+from vencoder.base import ENCODER_SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-ENCODER_SR = 16000
 VOCODER_SOURCE = "the openvpi NSF-HiFiGAN 44.1 kHz release (nsf_hifigan_20221211.zip)"
 # Vocoder window: its activations (about 0.8 MB per frame at 44.1 kHz) dominate peak memory. Measured peak
 # RSS for shallow diffusion, 10 s vs 60 s: 917 vs 1155 MB with 512-frame windows, 871 vs 883 MB with 256;
@@ -220,7 +220,7 @@ class PostProcessor:
             vol = feats.vol if feats.vol is not None else volume(wav.cpu(), hop=engine.hop_length)
             units = feats.units
             if opt.second_encoding:
-                wav16 = resample(np.asarray(audio, dtype=np.float32), engine.sr, ENCODER_SR)
+                wav16 = resample(np.asarray(audio, dtype=np.float32), engine.sr, ENCODER_SAMPLE_RATE)
                 enc = engine.encode_units(wav16)
                 if enc.shape[-1] == 0:
                     enc = enc.new_zeros(enc.shape[0], 1)

@@ -99,6 +99,25 @@ def _reduced_precision_is_fast(device: torch.device) -> bool:
     return False
 
 
+def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLike
+                     ) -> tuple[torch.nn.Module, HParams]:
+    """The synthesizer of a G checkpoint for inference: built from its config, loaded strictly (only the
+    training-only enc_q may be absent), weight norm folded, eval mode, no gradients."""
+    from models import SynthesizerTrn
+
+    hps = load_config(config_path)
+    if not Path(model_path).is_file():
+        raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
+    model = SynthesizerTrn.from_hparams(hps)
+    load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
+                 hint=f"pass the config.json the model was trained with (-c, now {config_path})")
+    model.remove_weight_norm()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, hps
+
+
 class SvcEngine:
     """A loaded synthesizer (weight norm folded, eval mode) plus its speech encoder and settings."""
 
@@ -139,19 +158,9 @@ class SvcEngine:
         pretrain_dir: str | os.PathLike | None = None, encoder_window_seconds: float = 60.0,
     ) -> "SvcEngine":
         """Build the model from the config, load the checkpoint strictly (enc_q optional), fold weight norm."""
-        from models import SynthesizerTrn
-
-        hps = load_config(config_path)
-        if not Path(model_path).is_file():
-            raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
+        model, hps = load_synthesizer(model_path, config_path)
         dev = resolve_device(device)
-        model = SynthesizerTrn.from_hparams(hps)
-        load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
-                     hint=f"pass the config.json the model was trained with (-c, now {config_path})")
-        model.remove_weight_norm()
-        model = model.to(dev).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = model.to(dev)
         logger.info("loaded %s (%d speakers) on %s", model_path, len(hps.spk), dev)
         return cls(model, hps, dev, encoder=encoder, chunk_frames=chunk_frames, fast=fast, pretrain_dir=pretrain_dir,
                    encoder_window_seconds=encoder_window_seconds)

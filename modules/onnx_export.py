@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.atomic_write import atomic_path, write_text
-from modules.checkpoint import load_weights, model_state, safe_load
-from modules.config import HParams, load_config
-from modules.errors import CheckpointError, InferenceError
+from modules.config import HParams
+from modules.errors import InferenceError
 from modules.frame_features import f0_to_coarse
+from modules.inference import load_synthesizer as load_inference_synthesizer
 
 logger = logging.getLogger(__name__)
 
@@ -255,20 +255,9 @@ def wants_mix(hps: HParams) -> bool:
 
 
 def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLike) -> tuple[nn.Module, HParams]:
-    """SynthesizerTrn from a G_*.pth and its config (strict load, weight norm folded, eval, float32)."""
-    from models import SynthesizerTrn
-
-    if not Path(model_path).is_file():
-        raise CheckpointError(f"{model_path}: model file not found")
-    hps = load_config(config_path)
-    model = SynthesizerTrn.from_hparams(hps)
-    load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
-                 hint=f"pass the config.json the model was trained with (now {config_path})")
-    model.remove_weight_norm()
-    model = model.float().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, hps
+    """SynthesizerTrn from a G_*.pth and its config, as inference loads it, in float32."""
+    model, hps = load_inference_synthesizer(model_path, config_path)
+    return model.float(), hps
 
 
 def build_wrapper(model: nn.Module, hps: HParams, mix: bool | None = None) -> OnnxSynthesizer:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 
@@ -138,3 +138,51 @@ def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[in
     if current:
         batches.append(current)
     return batches
+
+
+class PaddedBatchEncoder(SpeechEncoder):
+    """An encoder whose network takes zero-padded batches with their lengths: subclasses say how to read the
+    weight file (`load_model`) and the unit width of what they read (`model_width`); the network provides
+    `n_frames(n_samples)` and `extract(wav [B, N], lengths [B]) -> (features [B, T, C], frames [B])`."""
+
+    def __init__(self, device: str | torch.device | None = None, pretrain_dir: str | Path | None = None,
+                 max_batch_seconds: float = 120.0) -> None:
+        super().__init__(device, pretrain_dir, max_batch_seconds)
+        path = self.check_weights(self.pretrain_dir)
+        self.model = self.load_model(path).to(self.device).eval()
+        self.adopt_width(self.model_width(), path)
+
+    @abstractmethod
+    def load_model(self, path: Path) -> torch.nn.Module:
+        """The network with the weights of `path`."""
+
+    @abstractmethod
+    def model_width(self) -> int:
+        """The unit width of the loaded network."""
+
+    def n_frames(self, n_samples: int) -> int:
+        return self.model.n_frames(n_samples)
+
+    @torch.inference_mode()
+    def encode_batch(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return run_padded_batches(wavs, self.max_batch_samples, self.model.extract, self.device)
+
+
+def run_padded_batches(wavs: Sequence[torch.Tensor], max_batch_samples: int,
+                       extract: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                       device: torch.device) -> list[torch.Tensor]:
+    """Zero-pad clips of similar length into batches, run `extract(wav [B, N], lengths [B]) ->
+    (features [B, T, C], frames [B])`, and return one `[1, C, frames]` CPU tensor per clip, in order."""
+    clips = [as_mono_tensor(w) for w in wavs]
+    lengths = [int(c.numel()) for c in clips]
+    results: list[torch.Tensor | None] = [None] * len(clips)
+    for batch in plan_batches(lengths, max_batch_samples):
+        padded = torch.zeros(len(batch), max(lengths[i] for i in batch))
+        for row, i in enumerate(batch):
+            padded[row, : lengths[i]] = clips[i]
+        lens = torch.tensor([lengths[i] for i in batch])
+        feats, frames = extract(padded.to(device), lens.to(device))
+        feats = feats.float().cpu()
+        for row, i in enumerate(batch):
+            results[i] = feats[row, : int(frames[row])].transpose(0, 1).unsqueeze(0).contiguous()
+    return [r for r in results if r is not None]

@@ -15,17 +15,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder, load_weights_ignoring_extra
+from vencoder.base import PaddedBatchEncoder, load_weights_ignoring_extra
 from vencoder.fairseq_checkpoint import safe_torch_load
 from vencoder.hubert import ConvFeatureExtractor, PositionalConv, _length_mask, _normalize_waveforms
-from vencoder.wavlm import run_padded_batches
 
 logger = logging.getLogger(__name__)
 
@@ -249,22 +248,13 @@ def load_dphubert(path: Path) -> DPHubertModel:
     return model
 
 
-class DPHubert(SpeechEncoder):
+class DPHubert(PaddedBatchEncoder):
     name = "dphubert"
     weight_file = "DPHuBERT-sp0.75.pth"
     weight_source = DPHUBERT_SOURCE
 
-    def __init__(self, device: str | torch.device | None = None, pretrain_dir: str | Path | None = None,
-                 max_batch_seconds: float = 120.0) -> None:
-        super().__init__(device, pretrain_dir, max_batch_seconds)
-        path = self.check_weights(self.pretrain_dir)
-        self.model = load_dphubert(path).to(self.device).eval()
-        width = self.model.cfg.embed_dim
-        self.adopt_width(width, path)
+    def load_model(self, path: Path) -> DPHubertModel:
+        return load_dphubert(path)
 
-    def n_frames(self, n_samples: int) -> int:
-        return self.model.n_frames(n_samples)
-
-    @torch.inference_mode()
-    def encode_batch(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return run_padded_batches(wavs, self.max_batch_samples, self.model.extract, self.device)
+    def model_width(self) -> int:
+        return self.model.cfg.embed_dim

@@ -21,14 +21,14 @@ import logging
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder, as_mono_tensor, load_weights_ignoring_extra, plan_batches
+from vencoder.base import PaddedBatchEncoder, load_weights_ignoring_extra
 from vencoder.fairseq_checkpoint import safe_torch_load, to_plain
 from vencoder.hubert import (
     _ACTIVATIONS,
@@ -241,42 +241,13 @@ def load_wavlm(path: Path) -> WavLMModel:
     return model
 
 
-class WavLMBasePlus(SpeechEncoder):
+class WavLMBasePlus(PaddedBatchEncoder):
     name = "wavlmbase+"
     weight_file = "WavLM-Base+.pt"
     weight_source = WAVLM_SOURCE
 
-    def __init__(self, device: str | torch.device | None = None, pretrain_dir: str | Path | None = None,
-                 max_batch_seconds: float = 120.0) -> None:
-        super().__init__(device, pretrain_dir, max_batch_seconds)
-        path = self.check_weights(self.pretrain_dir)
-        self.model = load_wavlm(path).to(self.device).eval()
-        width = self.model.cfg.encoder_embed_dim
-        self.adopt_width(width, path)
+    def load_model(self, path: Path) -> WavLMModel:
+        return load_wavlm(path)
 
-    def n_frames(self, n_samples: int) -> int:
-        return self.model.n_frames(n_samples)
-
-    @torch.inference_mode()
-    def encode_batch(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return run_padded_batches(wavs, self.max_batch_samples, self.model.extract, self.device)
-
-
-def run_padded_batches(wavs: Sequence[torch.Tensor], max_batch_samples: int,
-                       extract: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                       device: torch.device) -> list[torch.Tensor]:
-    """Zero-pad clips of similar length into batches, run `extract(wav [B, N], lengths [B]) ->
-    (features [B, T, C], frames [B])`, and return one `[1, C, frames]` CPU tensor per clip, in order."""
-    clips = [as_mono_tensor(w) for w in wavs]
-    lengths = [int(c.numel()) for c in clips]
-    results: list[torch.Tensor | None] = [None] * len(clips)
-    for batch in plan_batches(lengths, max_batch_samples):
-        padded = torch.zeros(len(batch), max(lengths[i] for i in batch))
-        for row, i in enumerate(batch):
-            padded[row, : lengths[i]] = clips[i]
-        lens = torch.tensor([lengths[i] for i in batch])
-        feats, frames = extract(padded.to(device), lens.to(device))
-        feats = feats.float().cpu()
-        for row, i in enumerate(batch):
-            results[i] = feats[row, : int(frames[row])].transpose(0, 1).unsqueeze(0).contiguous()
-    return [r for r in results if r is not None]
+    def model_width(self) -> int:
+        return self.model.cfg.encoder_embed_dim
