@@ -302,7 +302,7 @@ def test_feature_indexes_are_written_per_speaker_for_moess(tmp_path):
 def test_feature_index_file_with_foreign_code_is_refused(tmp_path):
     import pickle
 
-    from modules.onnx_index import read_feature_indexes
+    from modules.onnx_index import export_feature_indexes
 
     class Evil:
         def __reduce__(self):
@@ -311,4 +311,5 @@ def test_feature_index_file_with_foreign_code_is_refused(tmp_path):
     bad = tmp_path / "feature_and_index.pkl"
     bad.write_bytes(pickle.dumps({0: Evil()}))
     with pytest.raises(UnsafeCheckpointError, match="builtins.print"):
-        read_feature_indexes(bad)
+        export_feature_indexes(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
