@@ -243,13 +243,19 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
 def assess_quality(settings: QuickstartSettings, outputs: dict[str, Path]) -> QualityReport:
     """The trained and untrained outputs against the held-out phrase sung by the target singer at the
     requested pitch (the ground truth), with the pass/fail verdict."""
+    voice, target, requested = heldout_ground_truth(settings)
+    trained, untrained = (load_audio(outputs[label]) for label in ("trained", "untrained"))
+    return assess(trained, untrained, voice.audio, target.audio, voice.sr, requested)
+
+
+def heldout_ground_truth(settings: QuickstartSettings):
+    """(held-out source voice, the same phrase sung by the target singer TRANSPOSE semitones away,
+    the exact requested F0 per frame)."""
     from modules.synthetic_voices import sing_as
 
     voice = _heldout_voice(settings)
     target = sing_as(voice, TARGET_SPEAKER, TRANSPOSE, seed=settings.seed * 1000 + 999)
-    requested = voice.f0 * 2.0 ** (TRANSPOSE / 12.0)
-    trained, untrained = (load_audio(outputs[label]) for label in ("trained", "untrained"))
-    return assess(trained, untrained, voice.audio, target.audio, voice.sr, requested)
+    return voice, target, voice.f0 * 2.0 ** (TRANSPOSE / 12.0)
 
 
 def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldout: Path, references: Path,

@@ -89,6 +89,17 @@ def assess(trained: tuple[np.ndarray, int], untrained: tuple[np.ndarray, int] | 
     return QualityReport(trained_scores, untrained_scores, baseline, failures)
 
 
+def pitch_buzz(f0_samples: np.ndarray, sr: int, semitones: float = 0.0, dbfs: float = -8.5) -> np.ndarray:
+    """What a broken model can produce: harmonics exactly at the requested pitch (per-sample F0 in Hz,
+    0 = unvoiced) at a steady level, with no vowel envelope and voiced through the pauses."""
+    f0 = np.asarray(f0_samples, dtype=np.float64) * 2.0 ** (semitones / 12.0)
+    sung = np.flatnonzero(f0 > 0)
+    f0 = np.interp(np.arange(len(f0)), sung, f0[sung]) if sung.size else np.full(len(f0), 110.0)
+    phase = 2 * np.pi * np.cumsum(f0 / sr)
+    buzz = sum(np.sin(k * phase) / k for k in range(1, 30))
+    return (buzz / np.sqrt(np.mean(buzz ** 2)) * 10.0 ** (dbfs / 20.0)).astype(np.float32)
+
+
 def write_untrained_checkpoint(config_path: Path, path: Path) -> Path:
     """A generator freshly initialised from the config with its training seed (the weights training
     starts from), saved as a G checkpoint; kept when it already exists so a rerun resumes."""
