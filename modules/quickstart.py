@@ -25,6 +25,7 @@ from modules.inference import ConvertOptions
 from modules.inference_batch import BatchRequest, convert_batch
 from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
 from modules.quickstart_quality import QualityReport, assess, write_untrained_checkpoint
+from modules.synthetic_voices import SyntheticVoice
 from modules.resample import ResampleOptions, SkipReason, plan_resample, run_resample, summarise_resample
 from modules.training import TrainOptions, run_training
 
@@ -248,7 +249,7 @@ def assess_quality(settings: QuickstartSettings, outputs: dict[str, Path]) -> Qu
     return assess(trained, untrained, voice.audio, target.audio, voice.sr, requested)
 
 
-def heldout_ground_truth(settings: QuickstartSettings):
+def heldout_ground_truth(settings: QuickstartSettings) -> tuple[SyntheticVoice, SyntheticVoice, np.ndarray]:
     """(held-out source voice, the same phrase sung by the target singer TRANSPOSE semitones away,
     the exact requested F0 per frame)."""
     from modules.synthetic_voices import sing_as
