@@ -141,3 +141,27 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch):
         qs.run_quickstart(qs.QuickstartSettings(workdir=tmp_path / "qs", f0_predictor="pm"))
     assert caught.value.exit_code == 143
     assert "G_40.pth" in str(caught.value) and "again with the same --workdir to resume" in str(caught.value)
+
+
+def test_untrained_checkpoint_is_the_seeded_initial_generator_and_its_output_fails(tmp_path, alto, bass, requested):
+    import torch
+
+    from modules.checkpoint import model_state, safe_load
+    from modules.inference import ConvertOptions, SvcEngine
+    from modules.quickstart_quality import write_untrained_checkpoint
+    from tests.support.tiny_models import write_tiny_project
+
+    project = write_tiny_project(tmp_path / "proj")
+    first = write_untrained_checkpoint(project.config, tmp_path / "a" / "G_0.pth")
+    second = write_untrained_checkpoint(project.config, tmp_path / "b" / "G_0.pth")
+    a, b = (model_state(safe_load(p), p) for p in (first, second))
+    assert safe_load(first)["iteration"] == 0 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: the same weights every time
+    mtime = first.stat().st_mtime_ns
+    assert write_untrained_checkpoint(project.config, first) == first and first.stat().st_mtime_ns == mtime
+
+    engine = SvcEngine.load(first, project.config, device="cpu", pretrain_dir=project.root / "pretrain")
+    output = engine.convert(alto.audio, SR, ConvertOptions(speaker="bass", transpose=TRANSPOSE, f0_predictor="pm"))
+    report = assess((output, engine.sr), None, alto.audio, bass.audio, SR, requested)
+    assert not report.passed and report.untrained is None
+    assert any("source" in reason for reason in report.failures)
