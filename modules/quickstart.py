@@ -25,8 +25,8 @@ from modules.inference import ConvertOptions
 from modules.inference_batch import BatchRequest, convert_batch
 from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
 from modules.quickstart_quality import QualityReport, assess, write_untrained_checkpoint
-from modules.synthetic_voices import SyntheticVoice
 from modules.resample import ResampleOptions, SkipReason, plan_resample, run_resample, summarise_resample
+from modules.synthetic_voices import SyntheticVoice, sing_as
 from modules.training import TrainOptions, run_training
 
 logger = logging.getLogger(__name__)
@@ -252,8 +252,6 @@ def assess_quality(settings: QuickstartSettings, outputs: dict[str, Path]) -> Qu
 def heldout_ground_truth(settings: QuickstartSettings) -> tuple[SyntheticVoice, SyntheticVoice, np.ndarray]:
     """(held-out source voice, the same phrase sung by the target singer TRANSPOSE semitones away,
     the exact requested F0 per frame)."""
-    from modules.synthetic_voices import sing_as
-
     voice = _heldout_voice(settings)
     target = sing_as(voice, TARGET_SPEAKER, TRANSPOSE, seed=settings.seed * 1000 + 999)
     return voice, target, voice.f0 * 2.0 ** (TRANSPOSE / 12.0)
