@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"  output F0 within 50 cents of the request on {result.accuracy_50c:.0%} of voiced frames")
     if result.scores_table:
         print("\nQuality scores (python evaluate.py; see README, 'Measuring quality'):\n" + result.scores_table)
+    if result.quality is not None:
+        print("\nAgainst the ground truth (the phrase sung by the target singer at the requested pitch):")
+        print("\n".join(result.quality.summary_lines()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,14 @@ import numpy as np
 from modules.audio import load_audio, save_audio
 from modules.checkpoint import latest_checkpoint_path
 from modules.config import PROJECT_ROOT, load_config, save_config
-from modules.errors import DatasetError, SvcError
+from modules.errors import DatasetError, JobInterrupted, SvcError
 from modules.flist_config import prepare_flist_config
 from modules.inference import ConvertOptions
 from modules.inference_batch import BatchRequest, convert_batch
 from modules.preprocess import PreprocessSettings, find_clips, run_preprocess
+from modules.quickstart_quality import QualityReport, assess, write_untrained_checkpoint
 from modules.resample import ResampleOptions, SkipReason, plan_resample, run_resample, summarise_resample
+from modules.synthetic_voices import SyntheticVoice, sing_as
 from modules.training import TrainOptions, run_training
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,9 @@ class QuickstartResult:
     accuracy_50c: float  # fraction of voiced frames whose output F0 is within 50 cents of the request
     demo_encoder: bool
     seconds: float
-    scores_table: str = ""  # evaluate.py's scores of the converted phrase (empty when they could not run)
+    scores_table: str = ""  # evaluate.py's scores of the untrained and trained outputs (empty when they could not run)
+    quality: QualityReport | None = None  # scores against the target singer's rendering, and the verdict
+    untrained_converted: Path | None = None
 
 
 STAGES = ("resample", "file lists and config", "features", "training", "conversion")
@@ -209,26 +213,55 @@ def run_quickstart(settings: QuickstartSettings) -> QuickstartResult:
                                f"{report.failed[0][1]}")
     model_dir = logs / "44k"
     with _Stage("training"):
-        run_training(config_path, model_dir, TrainOptions(device=settings.device, max_steps=settings.steps,
-                                                          eval_items=1))
+        try:
+            run_training(config_path, model_dir, TrainOptions(device=settings.device, max_steps=settings.steps,
+                                                              eval_items=1))
+        except JobInterrupted as e:
+            raise JobInterrupted(f"{e}; run the quick-start again with the same --workdir to resume (finished "
+                                 f"stages are skipped)", e.exit_code) from None
     checkpoint = Path(latest_checkpoint_path(model_dir, "G_*.pth"))
     with _Stage("conversion"):
         options = ConvertOptions(f0_predictor=f0_predictor)
-        (converted,) = convert_batch(BatchRequest(
-            model_path=checkpoint, config_path=model_dir / "config.json", names=[str(heldout)],
-            transposes=[TRANSPOSE], speakers=[TARGET_SPEAKER], options=options, results_dir=work / "results",
-            wav_format="wav", device=settings.device, pretrain_dir=pretrain_dir, show_progress=False,
-        ))
+        outputs = {}
+        untrained = write_untrained_checkpoint(config_path, work / "untrained" / "G_0.pth")
+        for label, model, results in (("untrained", untrained, work / "results" / "untrained"),
+                                      ("trained", checkpoint, work / "results")):
+            (outputs[label],) = convert_batch(BatchRequest(
+                model_path=model, config_path=model_dir / "config.json", names=[str(heldout)],
+                transposes=[TRANSPOSE], speakers=[TARGET_SPEAKER], options=options, results_dir=results,
+                wav_format="wav", device=settings.device, pretrain_dir=pretrain_dir, show_progress=False,
+            ))
+    converted = outputs["trained"]
 
     accuracy, plot = evaluate_conversion(settings, converted, work / "results", demo, encoder)
-    table = _scores_table(settings, {"trained": converted}, heldout, dataset / TARGET_SPEAKER)
-    return QuickstartResult(converted, plot, checkpoint, accuracy, demo, time.perf_counter() - started, table)
+    quality = assess_quality(settings, outputs)
+    extra = {"untrained": quality.untrained.as_summary(), "trained": quality.trained.as_summary()}
+    table = _scores_table(settings, outputs, heldout, dataset / TARGET_SPEAKER, extra)
+    return QuickstartResult(converted, plot, checkpoint, accuracy, demo, time.perf_counter() - started, table,
+                            quality, outputs["untrained"])
 
 
-def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldout: Path, references: Path) -> str:
+def assess_quality(settings: QuickstartSettings, outputs: dict[str, Path]) -> QualityReport:
+    """The trained and untrained outputs against the held-out phrase sung by the target singer at the
+    requested pitch (the ground truth), with the pass/fail verdict."""
+    voice, target, requested = heldout_ground_truth(settings)
+    trained, untrained = (load_audio(outputs[label]) for label in ("trained", "untrained"))
+    return assess(trained, untrained, voice.audio, target.audio, voice.sr, requested)
+
+
+def heldout_ground_truth(settings: QuickstartSettings) -> tuple[SyntheticVoice, SyntheticVoice, np.ndarray]:
+    """(held-out source voice, the same phrase sung by the target singer TRANSPOSE semitones away,
+    the exact requested F0 per frame)."""
+    voice = _heldout_voice(settings)
+    target = sing_as(voice, TARGET_SPEAKER, TRANSPOSE, seed=settings.seed * 1000 + 999)
+    return voice, target, voice.f0 * 2.0 ** (TRANSPOSE / 12.0)
+
+
+def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldout: Path, references: Path,
+                  ground_truth: dict[str, dict[str, float | None]] | None = None) -> str:
     """evaluate.py's scores of each labelled output of the held-out phrase, one row each (e.g. untrained and
-    trained); the quick-start goes on without them."""
-    from modules.evaluation import audio_files, compare_outputs, format_table
+    trained), plus the ground-truth columns (MCD...) given per label; the quick-start goes on without them."""
+    from modules.evaluation import GROUND_TRUTH_COLUMNS, audio_files, compare_outputs, format_table
 
     try:
         rows = compare_outputs(outputs, audio_files(references), source=heldout, transpose=TRANSPOSE,
@@ -236,7 +269,10 @@ def _scores_table(settings: QuickstartSettings, outputs: dict[str, Path], heldou
     except SvcError as e:
         logger.warning("quality scores skipped: %s", e)
         return ""
-    return format_table(rows)
+    if not ground_truth:
+        return format_table(rows)
+    rows = [(label, {**scores, **ground_truth.get(label, {})}) for label, scores in rows]
+    return format_table(rows, GROUND_TRUTH_COLUMNS)
 
 
 def evaluate_conversion(settings: QuickstartSettings, converted: Path, out_dir: Path, demo: bool,

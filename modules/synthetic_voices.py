@@ -210,6 +210,16 @@ def synth_singing(speaker: Speaker | str = "alto", seconds: float = 4.0, sr: int
     return synth_notes(notes, spk, sr=sr, hop=hop, seed=seed)
 
 
+def sing_as(voice: SyntheticVoice, speaker: Speaker | str, semitones: float = 0.0, seed: int = 0) -> SyntheticVoice:
+    """`voice`'s notes transposed by `semitones` and sung by `speaker`: the ideal output of a conversion.
+
+    Note timing is unchanged, so the result is sample-aligned with `voice`; with the seed that rendered
+    `voice`, vibrato phases match too, so its F0 is exactly `voice.f0 * 2**(semitones/12)`.
+    """
+    notes = [dataclasses.replace(n, midi=n.midi + semitones) if n.midi > 0 else n for n in voice.notes]
+    return synth_notes(notes, speaker, sr=voice.sr, hop=voice.hop, seed=seed)
+
+
 def write_dataset(root: str | Path, speakers: dict[str, int] | None = None, seconds: float = 3.0,
                   sr: int = 44100, seed: int = 0) -> dict[str, list[Path]]:
     """Write `dataset_raw`-style folders: root/<speaker>/<speaker>_NNN.wav (16-bit PCM)."""
