@@ -28,7 +28,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -91,29 +91,23 @@ def scan_models(root: str | os.PathLike, folders: Sequence[str] = MODEL_FOLDERS)
     """
     root = Path(root).resolve()
     found: dict[str, ModelEntry] = {}
-    for folder in folders:
-        base = (root / folder).resolve()
-        if not base.is_dir() or not _inside(base, root):
+    for base, directory in _scanned_dirs(root, folders):
+        jsons = sorted(p for p in directory.glob("*.json") if p.is_file())
+        pths = sorted(p for p in directory.glob("*.pth") if p.is_file())
+        config = directory / "config.json"
+        if config.is_file():
+            models = sorted((p for p in pths if p.name.startswith("G_")), key=_g_step, reverse=True)
+            if not models and len(jsons) == 1 and len(pths) == 1:
+                models = pths
+        elif len(jsons) == 1 and len(pths) == 1:
+            config, models = jsons[0], pths
+        else:
             continue
-        for directory in sorted([base, *(p for p in base.rglob("*") if p.is_dir())]):
-            if not _inside(directory.resolve(), base):
+        for model in models:
+            if not _inside(model.resolve(), base):
                 continue
-            jsons = sorted(p for p in directory.glob("*.json") if p.is_file())
-            pths = sorted(p for p in directory.glob("*.pth") if p.is_file())
-            config = directory / "config.json"
-            if config.is_file():
-                models = sorted((p for p in pths if p.name.startswith("G_")), key=_g_step, reverse=True)
-                if not models and len(jsons) == 1 and len(pths) == 1:
-                    models = pths
-            elif len(jsons) == 1 and len(pths) == 1:
-                config, models = jsons[0], pths
-            else:
-                continue
-            for model in models:
-                if not _inside(model.resolve(), base):
-                    continue
-                label = model.relative_to(root).as_posix()
-                found[label] = ModelEntry(label, model, config)
+            label = model.relative_to(root).as_posix()
+            found[label] = ModelEntry(label, model, config)
     return found
 
 
@@ -123,6 +117,18 @@ def _inside(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _scanned_dirs(root: Path, folders: Sequence[str]) -> Iterator[tuple[Path, Path]]:
+    """(scanned folder, directory) for each named folder under `root` and every directory inside it, never
+    following a link out of the folder."""
+    for folder in folders:
+        base = (root / folder).resolve()
+        if not base.is_dir() or not _inside(base, root):
+            continue
+        for directory in sorted([base, *(p for p in base.rglob("*") if p.is_dir())]):
+            if _inside(directory.resolve(), base):
+                yield base, directory
 
 
 @dataclass(frozen=True)
@@ -161,27 +167,21 @@ def scan_extras(root: str | os.PathLike, folders: Sequence[str] = MODEL_FOLDERS)
     kmeans: dict[str, Path] = {}
     indexes: dict[str, Path] = {}
     diffusion: dict[str, DiffusionEntry] = {}
-    for folder in folders:
-        base = (root / folder).resolve()
-        if not base.is_dir() or not _inside(base, root):
+    for base, directory in _scanned_dirs(root, folders):
+        files = [p for p in sorted(directory.iterdir()) if p.is_file() and _inside(p.resolve(), base)]
+        if directory.name == "diffusion":
+            config = directory / "config.yaml"
+            if config.is_file():
+                models = [p for p in files if p.suffix == ".pt" and p.name.startswith("model_")]
+                for model in sorted(models, key=_diffusion_step, reverse=True):
+                    label = model.relative_to(root).as_posix()
+                    diffusion[label] = DiffusionEntry(label, model, config)
             continue
-        for directory in sorted([base, *(p for p in base.rglob("*") if p.is_dir())]):
-            if not _inside(directory.resolve(), base):
-                continue
-            files = [p for p in sorted(directory.iterdir()) if p.is_file() and _inside(p.resolve(), base)]
-            if directory.name == "diffusion":
-                config = directory / "config.yaml"
-                if config.is_file():
-                    models = [p for p in files if p.suffix == ".pt" and p.name.startswith("model_")]
-                    for model in sorted(models, key=_diffusion_step, reverse=True):
-                        label = model.relative_to(root).as_posix()
-                        diffusion[label] = DiffusionEntry(label, model, config)
-                continue
-            for p in files:
-                if p.suffix == ".pt":
-                    kmeans[p.relative_to(root).as_posix()] = p
-                elif p.suffix == ".pkl":
-                    indexes[p.relative_to(root).as_posix()] = p
+        for p in files:
+            if p.suffix == ".pt":
+                kmeans[p.relative_to(root).as_posix()] = p
+            elif p.suffix == ".pkl":
+                indexes[p.relative_to(root).as_posix()] = p
     return ExtraFiles(kmeans, indexes, diffusion)
 
 
