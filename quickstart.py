@@ -2,7 +2,7 @@
 
     python quickstart.py
 
-Works on CPU in about ten minutes. Everything is written under quickstart/ (your dataset_raw/,
+Works on CPU in a few minutes (about three on 2 idle cores). Everything is written under quickstart/ (your dataset_raw/,
 configs/ and logs/ are not touched). Real pretrained files in pretrain/ are used when present;
 otherwise a demo encoder with random weights stands in and says so.
 """

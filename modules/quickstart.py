@@ -1,4 +1,4 @@
-"""The quick-start: the whole pipeline on built-in synthetic singers, on CPU, in about ten minutes.
+"""The quick-start: the whole pipeline on built-in synthetic singers, on CPU, in a few minutes.
 
 Every stage runs the same library function as its command-line script (resample -> file lists and
 config -> features -> training -> conversion), inside a separate work folder so a user's own
