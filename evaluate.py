@@ -80,7 +80,7 @@ def _target_speaker(args: argparse.Namespace) -> tuple[str | None, str | None]:
         return args.spk, args.spk
     from modules.config import load_config
 
-    speakers = dict(load_config(args.config_path).get("spk", {}))
+    speakers = dict(load_config(args.config_path).spk)
     speaker = args.spk if args.spk is not None else (min(speakers, key=speakers.get) if speakers else "0")
     if speaker in speakers:
         return speaker, speaker

@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from modules.config import load_config
 
     hps = load_config(args.config)
-    speakers = dict(hps.get("spk", {}))
+    speakers = dict(hps.spk)
     if not speakers:
         raise ConfigError(f"{args.config}: the config has no speakers in its spk map")
     path = train_feature_indexes(args.root_dir, speakers, args.output_dir, seed=args.seed,

@@ -114,7 +114,7 @@ class DiffusionDataset(torch.utils.data.Dataset):
         self.crop_frames = int(self.crop_seconds / (self.hop / self.sr))
         self.use_aug = bool(args.model.use_pitch_aug) and not whole
         self.unit_mode = str(args.data.get("unit_interpolate_mode", "nearest"))
-        spk_map = {str(k): int(v) for k, v in dict(args.get("spk", {}) or {}).items()}
+        spk_map = {str(k): int(v) for k, v in dict(args.spk).items()}
         n_spk = int(args.model.n_spk)
         self.wavs = read_filelist(filelist)
         self.spk_ids = []
