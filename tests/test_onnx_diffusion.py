@@ -51,8 +51,8 @@ def test_four_graphs_match_the_reference_table(exported):
     for part, path in result.paths.items():
         graph = check_graph(path)  # onnx.checker passes
         assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [16]
-        for name, (kind, dims) in io[part].items():  # dynamic dims are named by the exporter
-            assert all(isinstance(d, str) and d for d in dims if not isinstance(d, int)), (part, name, dims)
+        for name, (kind, dims) in io[part].items():  # every dim is fixed or named by the exporter
+            assert all((isinstance(d, int) and d > 0) or (isinstance(d, str) and d) for d in dims), (part, name)
     enc = io["encoder"]
     expected_inputs = ["hubert", "mel2ph", "f0", "volume"] + (["spk_mix"] if n_spk > 1 else [])
     assert list(enc) == expected_inputs + ["mel_pred"]
