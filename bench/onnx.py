@@ -2,6 +2,7 @@
 
     python -m bench.onnx                  # 10 s of continuous voice, 3 repeats, 2 threads
     python -m bench.onnx --seconds 30 --repeats 5 --threads 4
+    python -m bench.onnx --diffusion      # the diffusion graphs instead (tiny and default-size model)
 
 Measures the synthesis step of one piece (`engine.synthesize`: prior encoder, prior noise, excitation,
 flow, decoder) for the torch engine (windowed flow + decoder) and for the onnxruntime engine running the
@@ -9,6 +10,11 @@ exported MoeSS graph. Units are random and F0 is a vibrato melody without pauses
 slice; the speech encoder and the F0 predictor are left out (both backends share them). Runs alternate
 between the backends and the median is reported, because a shared machine's load varies; the load
 average is printed with the table.
+
+With --diffusion: export time of the four diffusion graphs and the time of one piece's mel (encoder,
+PLMS with k_step 100 and speedup 10 = 11 denoiser calls, after) in onnxruntime (modules.onnx_diffusion's
+host loop) vs the PyTorch pndm sampler, for the tests' tiny model and the default config
+(20 layers, 512 channels, 768-dim units); random weights, the denoiser's output layer non-zero.
 """
 from __future__ import annotations
 
@@ -53,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="audio length of the measured piece (default 10)")
     p.add_argument("--repeats", type=int, default=3, help="runs per backend; the median is reported (default 3)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
+    p.add_argument("--diffusion", action="store_true", help="measure the diffusion graphs instead")
     args = p.parse_args(argv)
+    if args.diffusion:
+        return _bench_diffusion(args)
 
     import numpy as np
     import onnxruntime as ort
@@ -112,6 +121,70 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>8} {seconds:>9.2f} {seconds / args.seconds:>6.3f} {runs:>24}")
     print(f"onnxruntime speed-up: {torch_s / onnx_s:.2f}x; waveform correlation torch vs onnx {corr:.3f} "
           "(the harmonic source's random phases and noise differ)")
+    return 0
+
+
+def _unit2mel(size: str):
+    import torch
+
+    from diffusion.unit2mel import Unit2Mel
+    from modules.config import HParams, load_diffusion_template
+
+    cfg = load_diffusion_template()
+    if size == "tiny":  # tests/support/diffusion_models.py's model
+        cfg["data"]["encoder_out_channels"] = 16
+        cfg["model"].update({"n_layers": 3, "n_chans": 16, "n_hidden": 8})
+    torch.manual_seed(0)
+    model = Unit2Mel.from_config(HParams(**cfg)).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    out = model.decoder.denoise_fn.output_projection.weight
+    out.normal_(0.0, out.shape[1] ** -0.5)  # zero-initialised in a fresh model; a zero denoiser is no test
+    return model
+
+
+def _bench_diffusion(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from modules.onnx_diffusion import OnnxDiffusion, diffusion_paths, export_diffusion, feature_inputs, torch_mel
+
+    torch.set_num_threads(args.threads)
+    k_step, speedup = 100, 10
+    load_before = os.getloadavg()[0]
+    frames = int(args.seconds * 44100) // 512
+    rows = []
+    for size in ("tiny", "default"):
+        model = _unit2mel(size)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = diffusion_paths(tmp, "bench")
+            export_s = export_diffusion(model, paths)
+            size_mb = sum(p.stat().st_size for p in paths.values()) / 2**20
+            runner = OnnxDiffusion.load(paths, threads=args.threads, spinning=False)
+        features = feature_inputs(model, frames, seed=0)
+        noise = np.random.default_rng(0).standard_normal((1, 1, 128, frames)).astype(np.float32)
+        runs = {"torch": lambda: torch_mel(model, features, noise, k_step, speedup),
+                "onnx": lambda: runner.mel(features, noise, k_step, speedup)}
+        for run in runs.values():  # warm-up
+            run()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        mels = {}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                mels[name] = run()
+                times[name].append(time.perf_counter() - start)
+        diff = float(np.max(np.abs(mels["onnx"] - mels["torch"])) / np.max(np.abs(mels["torch"])))
+        rows.append((size, export_s, size_mb, statistics.median(times["torch"]), statistics.median(times["onnx"]), diff))
+    print(f"diffusion graphs, random weights, {args.seconds:g} s piece ({frames} frames), k_step {k_step}, "
+          f"speedup {speedup}, {args.threads} threads, load average {load_before:.1f} -> "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    head = f"{'model':>8} {'export s':>9} {'MB':>6} {'torch s':>8} {'onnx s':>8} {'speed-up':>9} {'max rel diff':>13}"
+    print(head)
+    print("-" * len(head))
+    for size, export_s, size_mb, torch_s, onnx_s, diff in rows:
+        print(f"{size:>8} {export_s:>9.1f} {size_mb:>6.1f} {torch_s:>8.3f} {onnx_s:>8.3f} {torch_s / onnx_s:>8.2f}x "
+              f"{diff:>13.1e}")
     return 0
 
 

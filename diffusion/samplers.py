@@ -18,7 +18,7 @@ All of them follow the 4.1 inference choices, so equal weights, inputs and seed 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -54,10 +54,11 @@ def ddim(x: torch.Tensor, denoise: Denoiser, alphas_cumprod: torch.Tensor, k: in
     return x
 
 
-def _plms_step(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, speedup: int,
-               alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def plms_step(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
+              alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """One PLMS update: x at the integer steps t_prev [B] from x at steps t [B] and the noise estimate eps."""
     a_t = _at(alphas_cumprod, t, x.dim())
-    a_prev = _at(alphas_cumprod, torch.clamp(t - speedup, min=0), x.dim())
+    a_prev = _at(alphas_cumprod, t_prev, x.dim())
     sq_t, sq_prev = a_t.sqrt(), a_prev.sqrt()
     delta = (a_prev - a_t) * (
         (1 / (sq_t * (sq_t + sq_prev))) * x
@@ -66,16 +67,21 @@ def _plms_step(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, speedup: int
     return x + delta
 
 
-def pndm(x: torch.Tensor, denoise: Denoiser, alphas_cumprod: torch.Tensor, k: int, speedup: int,
-         progress: Progress = None) -> torch.Tensor:
-    b = x.shape[0]
-    history: list[torch.Tensor] = []
-    for i in reversed(range(0, k, speedup)):
-        t = torch.full((b,), i, device=x.device, dtype=torch.long)
+def plms(x: Any, k: int, speedup: int, denoise: Callable[[Any, int], Any], step: Callable[[Any, Any, int, int], Any],
+         progress: Progress = None) -> Any:
+    """The PLMS schedule over the steps `range(0, k, speedup)` downwards, for torch tensors or numpy arrays.
+
+    `denoise(x, t)` is the noise estimate at integer step t, `step(x, eps, t, t_prev)` the update to
+    t_prev = max(t - speedup, 0). The first step averages the estimates at t and at a trial update to
+    t_prev (two denoiser calls); later steps combine the current and up to three earlier estimates
+    with the Adams-Bashforth weights (3, -1)/2, (23, -16, 5)/12, (55, -59, 37, -9)/24.
+    """
+    history: list[Any] = []
+    for t in reversed(range(0, k, speedup)):
+        t_prev = max(t - speedup, 0)
         eps = denoise(x, t)
         if not history:
-            x_mid = _plms_step(x, eps, t, speedup, alphas_cumprod)
-            eps_next = denoise(x_mid, torch.clamp(t - speedup, min=0))
+            eps_next = denoise(step(x, eps, t, t_prev), t_prev)
             _tick(progress)  # the first step costs two denoiser calls
             eps_prime = (eps + eps_next) / 2
         elif len(history) == 1:
@@ -85,9 +91,18 @@ def pndm(x: torch.Tensor, denoise: Denoiser, alphas_cumprod: torch.Tensor, k: in
         else:
             eps_prime = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
         _tick(progress)
-        x = _plms_step(x, eps_prime, t, speedup, alphas_cumprod)
-        history = (history + [eps])[-4:]
+        x = step(x, eps_prime, t, t_prev)
+        history = (history + [eps])[-3:]
     return x
+
+
+def pndm(x: torch.Tensor, denoise: Denoiser, alphas_cumprod: torch.Tensor, k: int, speedup: int,
+         progress: Progress = None) -> torch.Tensor:
+    def steps(i: int) -> torch.Tensor:
+        return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+    return plms(x, k, speedup, lambda x_t, t: denoise(x_t, steps(t)),
+                lambda x_t, eps, t, t_prev: plms_step(x_t, eps, steps(t), steps(t_prev), alphas_cumprod), progress)
 
 
 def ancestral(x: torch.Tensor, denoise: Denoiser, buffers: dict[str, torch.Tensor], k: int,

@@ -160,13 +160,20 @@ class Unit2Mel(nn.Module):
                    int(args.model.timesteps), int(args.model.k_step_max))
 
     def condition(self, units: torch.Tensor, f0: torch.Tensor, volume: torch.Tensor,
-                  spk_id: torch.Tensor | None = None, aug_shift: torch.Tensor | None = None) -> torch.Tensor:
-        """cond [B, H, T] from units [B, T, D], f0 [B, T, 1] (Hz), volume [B, T, 1], spk_id [B, 1] (0-based)."""
+                  spk_id: torch.Tensor | None = None, aug_shift: torch.Tensor | None = None,
+                  spk_mix: torch.Tensor | None = None) -> torch.Tensor:
+        """cond [B, H, T] from units [B, T, D], f0 [B, T, 1] (Hz), volume [B, T, 1], spk_id [B, 1] (0-based).
+
+        `spk_mix` [B, T, n_spk], per-frame weights over the speaker ids, replaces spk_id (speaker mixing).
+        """
         x = self.unit_embed(units) + self.f0_embed((1 + f0 / 700).log()) + self.volume_embed(volume)
         if self.n_spk is not None and self.n_spk > 1:
-            if spk_id is None:
-                spk_id = torch.zeros((units.shape[0], 1), dtype=torch.long, device=units.device)
-            x = x + self.spk_embed(spk_id)
+            if spk_mix is not None:
+                x = x + torch.matmul(spk_mix, self.spk_embed.weight)
+            else:
+                if spk_id is None:
+                    spk_id = torch.zeros((units.shape[0], 1), dtype=torch.long, device=units.device)
+                x = x + self.spk_embed(spk_id)
         if self.aug_shift_embed is not None and aug_shift is not None:
             x = x + self.aug_shift_embed(aug_shift / 5)
         return x.transpose(1, 2)

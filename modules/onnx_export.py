@@ -112,6 +112,12 @@ def make_attention_traceable(model: nn.Module) -> int:
 
 
 
+def expand_units(c: torch.Tensor, mel2ph: torch.Tensor) -> torch.Tensor:
+    """Units [1, T_units, D] -> frames [1, T, D] by the 1-based unit index per frame (0 = a zero unit)."""
+    padded = F.pad(c, (0, 0, 1, 0))
+    return torch.gather(padded, 1, mel2ph.unsqueeze(2).expand(-1, -1, c.shape[2]))
+
+
 class OnnxSynthesizer(nn.Module):
     """SynthesizerTrn behind the MoeSS input interface (see the module docstring).
 
@@ -175,9 +181,7 @@ class OnnxSynthesizer(nn.Module):
         sid: torch.Tensor, vol: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model = self.model
-        width = c.shape[2]
-        padded = F.pad(c, (0, 0, 1, 0))  # unit index 0 = a zero vector
-        units = torch.gather(padded, 1, mel2ph.unsqueeze(2).expand(-1, -1, width)).transpose(1, 2)
+        units = expand_units(c, mel2ph).transpose(1, 2)
         x_mask = torch.ones_like(f0).unsqueeze(1)
         g = self.speaker_condition(sid)
         x = model._front(units, uv, x_mask, vol if self.vol_embedding else None)
@@ -278,22 +282,30 @@ def build_wrapper(model: nn.Module, hps: HParams, mix: bool | None = None) -> On
     return OnnxSynthesizer(model, ids).eval()
 
 
-def export_graph(wrapper: OnnxSynthesizer, path: str | os.PathLike, frames: int = EXPORT_FRAMES) -> float:
-    """Write the ONNX file (atomically); returns the export time in seconds."""
+def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike,
+                  input_names: Sequence[str], output_names: Sequence[str],
+                  dynamic_axes: dict[str, list[int]]) -> float:
+    """Trace `module` on `args` with the TorchScript exporter (opset 16, no constant folding) into `path`,
+    written atomically; returns the export time in seconds."""
     import warnings
 
-    iface = interface_for(wrapper.model, len(wrapper.speaker_rows) if wrapper.mix else 0)
-    feed = iface.inputs(frames)
-    args = tuple(torch.from_numpy(feed[name]) for name in iface.input_names)
     start = time.perf_counter()
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated, and about traced shapes it handles.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=False,
-            input_names=list(iface.input_names), output_names=[AUDIO_OUTPUT], dynamic_axes=iface.dynamic_axes,
+            module, args, str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=False,
+            input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes,
         )
     return time.perf_counter() - start
+
+
+def export_graph(wrapper: OnnxSynthesizer, path: str | os.PathLike, frames: int = EXPORT_FRAMES) -> float:
+    """Write the ONNX file (atomically); returns the export time in seconds."""
+    iface = interface_for(wrapper.model, len(wrapper.speaker_rows) if wrapper.mix else 0)
+    feed = iface.inputs(frames)
+    args = tuple(torch.from_numpy(feed[name]) for name in iface.input_names)
+    return export_module(wrapper, args, path, iface.input_names, [AUDIO_OUTPUT], iface.dynamic_axes)
 
 
 def moess_config(hps: HParams, name: str) -> dict[str, Any]:
@@ -360,6 +372,18 @@ def with_random_inputs(graph_model: Any) -> Any:
     return graph_model
 
 
+def check_graph(path: str | os.PathLike) -> Any:
+    """The ONNX model in `path` after onnx.checker; InferenceError naming the file if it fails."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(graph_model)
+    except onnx.checker.ValidationError as e:
+        raise InferenceError(f"{path}: the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from None
+    return graph_model
+
+
 @dataclass
 class CheckResult:
     frames: int
@@ -377,15 +401,9 @@ def verify_export(wrapper: OnnxSynthesizer, path: str | os.PathLike, lengths: Se
                   seed: int = 0) -> list[CheckResult]:
     """onnx.checker on the file, then onnxruntime vs the PyTorch module on the same inputs (including the
     source's random draws) at each length; raises InferenceError on a checker failure."""
-    import onnx
     import onnxruntime as ort
 
-    graph_model = onnx.load(str(path))
-    try:
-        onnx.checker.check_model(graph_model)
-    except onnx.checker.ValidationError as e:
-        raise InferenceError(f"{path}: the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from None
-    fixed = with_random_inputs(graph_model)
+    fixed = with_random_inputs(check_graph(path))
     session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
     iface = interface_for(wrapper.model, len(wrapper.speaker_rows) if wrapper.mix else 0)
     dim = wrapper.model.dec.m_source.dim
@@ -460,8 +478,11 @@ __all__ = [
     "GraphInterface",
     "OnnxSynthesizer",
     "build_wrapper",
+    "check_graph",
     "describe_inputs",
+    "expand_units",
     "export_graph",
+    "export_module",
     "export_model",
     "interface_for",
     "load_synthesizer",
