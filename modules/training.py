@@ -449,13 +449,15 @@ class Trainer:
             loss_mel = loss_mel_raw * hps.train.c_mel
             loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
             total = loss_gen + loss_fm + loss_mel + loss_kl
+            parts = {"g/gen": loss_gen, "g/fm": loss_fm, "g/mel": loss_mel, "g/kl": loss_kl, "g/mel_l1": loss_mel_raw}
             if pred_lf0 is not None:
-                loss_lf0 = losses.lf0_loss(pred_lf0, lf0)
-                total = total + loss_lf0
-                values["g/lf0"] = float(loss_lf0.detach())
-            values.update({"g/total": float(total.detach()), "g/gen": float(loss_gen.detach()),
-                           "g/fm": float(loss_fm.detach()), "g/mel": float(loss_mel.detach()),
-                           "g/kl": float(loss_kl.detach()), "g/mel_l1": float(loss_mel_raw.detach())})
+                parts["g/lf0"] = losses.lf0_loss(pred_lf0, lf0)
+                total = total + parts["g/lf0"]
+            parts["g/total"] = total
+            # One device-to-host copy for all the logged losses: on a GPU each float() would wait for the
+            # queue to drain separately.
+            numbers = torch.stack([v.detach().float().reshape(()) for v in parts.values()]).tolist()
+            values.update(zip(parts, numbers))
             if self._any_rank(not math.isfinite(values["g/total"])):
                 return self._skip(batch, values, start)
             self.optim_g.zero_grad(set_to_none=True)
