@@ -145,7 +145,8 @@ class SynthesizerTrn(nn.Module):
         n_speakers: int, sampling_rate: int = 44100, vol_embedding: bool = False,
         vocoder_name: str = "nsf-hifigan", use_depthwise_conv: bool = False,
         use_automatic_f0_prediction: bool = True, flow_share_parameter: bool = False, n_flow_layer: int = 4,
-        n_layers_trans_flow: int = 3, use_transformer_flow: bool = False, **ignored: Any,
+        n_layers_trans_flow: int = 3, use_transformer_flow: bool = False, mask_unvoiced_f0: bool = False,
+        **ignored: Any,
     ) -> None:
         super().__init__()
         self.spec_channels = spec_channels
@@ -158,6 +159,7 @@ class SynthesizerTrn(nn.Module):
         self.sampling_rate = sampling_rate
         self.vol_embedding = vol_embedding
         self.use_automatic_f0_prediction = use_automatic_f0_prediction
+        self.mask_unvoiced_f0 = mask_unvoiced_f0
         self.hop_length = math.prod(upsample_rates)
 
         if vocoder_name not in VOCODER_ACTIVATIONS:
@@ -220,6 +222,16 @@ class SynthesizerTrn(nn.Module):
             raise ValueError(f"speaker ids must be [B] or [B, 1], got {list(g.shape)}")
         return self.emb_g(g).unsqueeze(-1)
 
+    def source_f0(self, f0: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+        """The F0 [B, T] that drives the decoder's harmonic source.
+
+        The original feeds the interpolated contour, so the sine keeps sounding through pauses and consonants
+        and the decoder has to learn to cancel it. With `mask_unvoiced_f0` unvoiced frames get F0 0, which the
+        source turns into noise only: silence is then easy to produce (a model trained from scratch stops
+        buzzing through pauses within a few hundred steps). Off by default, so 4.1 models sound as before.
+        """
+        return f0 * uv.to(f0.dtype) if self.mask_unvoiced_f0 else f0
+
     def _front(self, c: torch.Tensor, uv: torch.Tensor, x_mask: torch.Tensor, vol: torch.Tensor | None) -> torch.Tensor:
         x = self.pre(c) * x_mask + self.emb_uv(uv.long()).transpose(1, 2)
         if vol is not None and self.vol_embedding:
@@ -266,7 +278,8 @@ class SynthesizerTrn(nn.Module):
         _, m_p, logs_p, _ = self.enc_p(x, x_mask, f0_to_coarse(f0))
         z, m_q, logs_q, spec_mask = self.enc_q(spec, spec_lengths, g=g)
         z_p = self.flow(z, spec_mask, g=g)
-        z_slice, pitch_slice, ids_slice = rand_slice_segments_with_pitch(z, f0, spec_lengths, self.segment_size)
+        z_slice, pitch_slice, ids_slice = rand_slice_segments_with_pitch(
+            z, self.source_f0(f0, uv), spec_lengths, self.segment_size)
         o = self.dec(z_slice, pitch_slice, g=g)
         return o, ids_slice, spec_mask, (z, z_p, m_p, logs_p, m_q, logs_q), pred_lf0, norm_lf0, lf0
 
@@ -289,7 +302,7 @@ class SynthesizerTrn(nn.Module):
         m_p, logs_p, f0, x_mask = self.encode_prior(c, f0, uv, g_emb, vol=vol, predict_f0=predict_f0)
         z_p = (m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale) * x_mask
         z = self.flow(z_p, x_mask, g=g_emb, reverse=True)
-        audio = self.dec(z * x_mask, f0, g=g_emb)
+        audio = self.dec(z * x_mask, self.source_f0(f0, uv), g=g_emb)
         return audio, f0
 
     def remove_weight_norm(self) -> int:

@@ -2,9 +2,10 @@
 
     python quickstart.py
 
-Works on CPU in a few minutes (about three on 2 idle cores). Everything is written under quickstart/ (your dataset_raw/,
-configs/ and logs/ are not touched). Real pretrained files in pretrain/ are used when present;
-otherwise a demo encoder with random weights stands in and says so.
+Works on CPU in a few minutes. It ends with a quality check against a ground truth and exits with
+status 3 when the trained model fails it (for example with too few --steps). Everything is written under
+quickstart/ (your dataset_raw/, configs/ and logs/ are not touched). Real pretrained files in pretrain/ are
+used when present; otherwise a demo encoder with random weights stands in and says so.
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> None:
+QUALITY_FAILED_EXIT = 3  # the pipeline ran, but the trained model failed its ground-truth check
+
+
+def run(args: argparse.Namespace) -> int:
     settings = QuickstartSettings(workdir=args.workdir, clips_per_speaker=args.clips, clip_seconds=args.clip_seconds,
                                   steps=args.steps, batch_size=args.batch_size, device=args.device,
                                   f0_predictor=args.f0_predictor, fresh=args.fresh)
@@ -53,6 +57,11 @@ def run(args: argparse.Namespace) -> None:
     if result.quality is not None:
         print("\nAgainst the ground truth (the phrase sung by the target singer at the requested pitch):")
         print("\n".join(result.quality.summary_lines()))
+        if not result.quality.passed:
+            print(f"The trained model did not pass (after {args.steps} steps); train longer with --steps, "
+                  f"or look at the F0 plot and the scores above.", file=sys.stderr)
+            return QUALITY_FAILED_EXIT
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

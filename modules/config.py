@@ -34,7 +34,7 @@ DIFFUSION_VOCODERS = ("nsf-hifigan", "nsf-hifigan-log10")
 DIFFUSION_METHODS = ("dpm-solver++", "dpm-solver", "pndm", "ddim", "unipc")
 
 # Fields this project adds to so-vits-svc 4.1's config; their defaults give the original's behaviour.
-EXTENSION_FIELDS = frozenset({"model.discriminator_width"})
+EXTENSION_FIELDS = frozenset({"model.discriminator_width", "model.mask_unvoiced_f0"})
 # Discriminator widths whose channel counts divide the scale discriminator's conv groups.
 DISCRIMINATOR_WIDTHS = (1.0, 0.5, 0.25)
 

@@ -283,10 +283,11 @@ class SvcEngine:
         m_p, logs_p = m_p.float(), logs_p.float()
         z_p = (m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale) * x_mask
         f0_used = f0_used.float()
+        source_f0 = model.source_f0(f0_used, feats.uv)
         if f0_used.shape[-1] > self.chunk_frames > 0:  # long piece: same excitation, bounded memory
-            excitation = ExcitationStream(model.dec.m_source, f0_used, self.hop_length, self.chunk_frames)
+            excitation = ExcitationStream(model.dec.m_source, source_f0, self.hop_length, self.chunk_frames)
         else:
-            excitation = model.dec.excitation(f0_used)
+            excitation = model.dec.excitation(source_f0)
         with self._autocast():
             audio = synthesize_chunked(model, z_p, x_mask, excitation, g, self.rf, self.hop_length,
                                        self.chunk_frames, progress)

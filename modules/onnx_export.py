@@ -188,7 +188,7 @@ class OnnxSynthesizer(nn.Module):
         m_p, logs_p = model.enc_p.stats(x, x_mask, f0_to_coarse(f0))
         z_p = (m_p + noise * torch.exp(logs_p)) * x_mask
         z = model.flow(z_p, x_mask, g=g, reverse=True)
-        return model.dec.synthesize(z * x_mask, self.excitation(f0), g)
+        return model.dec.synthesize(z * x_mask, self.excitation(model.source_f0(f0, uv)), g)
 
 
 # ------------------------------------------------------------------------------------------- interface

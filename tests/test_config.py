@@ -110,11 +110,13 @@ def test_hparams_access():
 
 def test_discriminator_width_defaults_quietly_and_is_checked(tmp_path, caplog):
     cfg = load_template()
-    del cfg["model"]["discriminator_width"]  # a so-vits-svc 4.1 config has no such field
+    del cfg["model"]["discriminator_width"]  # a so-vits-svc 4.1 config has neither field
+    del cfg["model"]["mask_unvoiced_f0"]
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     with caplog.at_level("WARNING"):
-        assert load_config(tmp_path / "c.json").model.discriminator_width == 1.0
-    assert "discriminator_width" not in caplog.text
+        loaded = load_config(tmp_path / "c.json")
+    assert loaded.model.discriminator_width == 1.0 and loaded.model.mask_unvoiced_f0 is False
+    assert "discriminator_width" not in caplog.text and "mask_unvoiced_f0" not in caplog.text
     cfg["model"]["discriminator_width"] = 0.3
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="model.discriminator_width' is 0.3; expected one of 1.0, 0.5, 0.25"):

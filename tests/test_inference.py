@@ -143,6 +143,7 @@ def test_chunked_synthesis_equals_whole_piece(engine):
 @pytest.mark.parametrize("variant", [
     {"use_transformer_flow": True},  # causal attention in the flow: flow runs whole, decoder chunked
     {"vocoder_name": "nsf-snake-hifigan", "flow_share_parameter": True, "use_depthwise_conv": True},
+    {"mask_unvoiced_f0": True},  # the excitation is built from F0 x uv; _features has an unvoiced run
 ])
 def test_chunked_synthesis_equals_whole_for_model_variants(variant):
     hps = HParams(**tiny_config_dict(variant))

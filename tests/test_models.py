@@ -312,3 +312,24 @@ def test_discriminator_width_scales_the_weights_and_keeps_the_keys():
     assert len(real) == 6 and all(torch.equal(a, b) for a, b in zip(real, fake))
     with pytest.raises(ValueError, match="discriminator width 0.3"):
         MultiPeriodDiscriminator(False, 0.3)
+
+
+def test_mask_unvoiced_f0_silences_the_harmonic_source_on_unvoiced_frames_only():
+    """Off (the original): the interpolated F0 drives the decoder everywhere. On: unvoiced frames get F0 0,
+    and a fully voiced input converts exactly as without the switch."""
+    hps_off, hps_on = _hps(tiny=True), _hps(tiny=True, mask_unvoiced_f0=True)
+    torch.manual_seed(0)
+    off = SynthesizerTrn.from_hparams(hps_off).eval()
+    on = SynthesizerTrn.from_hparams(hps_on).eval()
+    on.load_state_dict(off.state_dict())  # same keys: the switch adds no weights
+    frames = 40
+    c, f0 = torch.randn(1, hps_off.model.ssl_dim, frames), torch.full((1, frames), 220.0)
+    uv = torch.ones(1, frames)
+    assert torch.equal(on.infer(c, f0, uv, noise_scale=0.4)[0], off.infer(c, f0, uv, noise_scale=0.4)[0])
+    uv[:, 15:30] = 0
+    assert torch.equal(on.source_f0(f0, uv)[0, 15:30], torch.zeros(15))
+    assert torch.equal(off.source_f0(f0, uv), f0)
+    audio_on, f0_on = on.infer(c, f0, uv, noise_scale=0.4)
+    audio_off, f0_off = off.infer(c, f0, uv, noise_scale=0.4)
+    assert torch.equal(f0_on, f0_off)  # the F0 reported back stays the contour that was asked for
+    assert (audio_on - audio_off).abs().max() > 1e-3 * audio_off.abs().max()

@@ -42,10 +42,12 @@ def _model_files(root: Path, overrides: dict, speakers: dict[str, int]) -> tuple
 
 
 # Variants: (model overrides, speakers). "single": one speaker, transformer flow; "mix_vol": three
-# speakers with volume embedding and the quick-start config's switches (depthwise convs, shared flow).
+# speakers with volume embedding and the quick-start config's switches (depthwise convs, shared flow, the
+# decoder's source muted on unvoiced frames, computed inside the graph from its uv input).
 VARIANTS = {
     "single": ({"use_transformer_flow": True}, {"alto": 0}),
-    "mix_vol": ({"vol_embedding": True, "use_depthwise_conv": True, "flow_share_parameter": True}, dict(SPEAKERS)),
+    "mix_vol": ({"vol_embedding": True, "use_depthwise_conv": True, "flow_share_parameter": True,
+                 "mask_unvoiced_f0": True}, dict(SPEAKERS)),
 }
 
 

@@ -16,8 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> tuple[QuickstartSettings, QuickstartResult]:
-    settings = QuickstartSettings(workdir=tmp_path_factory.mktemp("quickstart") / "qs", clips_per_speaker=8,
-                                  clip_seconds=3.0, steps=QUICKSTART_TEST_STEPS, batch_size=2)
+    settings = QuickstartSettings(workdir=tmp_path_factory.mktemp("quickstart") / "qs")  # the defaults, as run
     return settings, run_quickstart(settings)
 
 
@@ -41,18 +40,12 @@ def test_quickstart_output_follows_the_requested_pitch(quickstart):
     assert "MCD tgt" in table[0] and [line.split()[0] for line in table[2:]] == ["untrained", "trained"]
     quality = result.quality
     assert quality.untrained.mcd_target > quality.source_to_target_mcd  # the untrained model's buzz
-    # The part of the check that a short training already meets (12.9 dB -> 7.7 dB after 120 steps).
-    assert quality.trained.mcd_target <= quality.untrained.mcd_target - QualityCriteria().mcd_margin_db, \
-        "\n".join(quality.summary_lines())
 
 
-# Measured with the demo encoder on a 2-core CPU (issue 9 item 6): after 120 steps the trained output is
-# still a constant-level buzz at the requested pitch (about -28 dBFS in the pauses as in the notes), so
-# MCD to the target is 7.70 dB (untrained 12.89, source itself 6.44) and the voicing error 14.1%; after
-# 240 steps 6.76 dB and 13.5%. The check is right to fail it; it stays strict so that a change that
-# makes the short training pass shows up here (XPASS) and this mark gets removed.
-@pytest.mark.xfail(strict=True, reason="100-240 quick-start steps do not yet beat the source's MCD to the "
-                                       "target nor silence the pauses (VDE about 14%)")
+# Measured with the demo encoder on a 2-core CPU (issue 9 item 6): the template-sized model after 120 steps
+# scored MCD 7.70 dB to the target (source itself 6.44) with a 14% voicing error, buzzing through the pauses.
+# The quick-start's own model (modules.quickstart.QUICKSTART_MODEL, source muted on unvoiced frames) scores
+# about 4.5 dB and 2% after its default steps.
 def test_quickstart_trained_model_passes_the_ground_truth_check(quickstart):
     """Against the ground truth (the phrase sung by the bass at the requested pitch), which a pitch score
     alone cannot replace: a buzz that follows the pitch fails these (tests/test_quality_metrics.py)."""
@@ -63,6 +56,24 @@ def test_quickstart_trained_model_passes_the_ground_truth_check(quickstart):
     assert quality.trained.mcd_target <= quality.source_to_target_mcd - criteria.mcd_margin_db, scores
     assert quality.trained.vde < criteria.max_vde, scores
     assert quality.passed and quality.failures == [], scores
+    assert "quality check: passed" in scores
 
 
-QUICKSTART_TEST_STEPS = 100
+@pytest.mark.parametrize("vde, code", [(0.02, 0), (0.14, 3)])
+def test_quickstart_command_exits_3_when_the_trained_model_fails_the_check(tmp_path, monkeypatch, capsys, vde, code):
+    """The command line's verdict follows the check: an undertrained model's run is not reported as a success."""
+    import quickstart as script
+    from modules.evaluation import GroundTruthScores
+    from modules.quickstart_quality import QualityReport, quality_failures
+
+    trained = GroundTruthScores(mcd_target=4.5, mcd_source=7.0, vde=vde, f0_rmse_cents=8.0, f0_frames=500)
+    report = QualityReport(trained, None, 6.44, quality_failures(trained, 12.9, 6.44))
+    fake = QuickstartResult(tmp_path / "out.wav", tmp_path / "f0.png", tmp_path / "G_9.pth", 0.99, True, 60.0,
+                            quality=report)
+    monkeypatch.setattr(script, "run_quickstart", lambda settings: fake)
+    assert script.main(["--workdir", str(tmp_path), "--steps", "10"]) == code
+    captured = capsys.readouterr()
+    assert ("quality check: passed" in captured.out) == (code == 0)
+    if code:
+        assert "voicing decision error 14.0% is not under 10%" in captured.out
+        assert "did not pass (after 10 steps)" in captured.err
