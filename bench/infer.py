@@ -85,14 +85,17 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     audio, _ = engine.synthesize(feats, g)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
     result = {"seconds": seconds, "mode": mode, "device": device_name, "threads": threads,
               "compute_s": round(elapsed, 2), "rtf": round(elapsed / seconds, 4), "peak_mb": round(_peak_mb(device)),
-              "snr_db": None, "note": ""}
+              "snr_db": None, "note": "", "minflt": after.ru_minflt - before.ru_minflt,
+              "sys_s": round(after.ru_stime - before.ru_stime, 2)}
     if mode == "fast" and seconds <= 60:  # reference after the measurement, so it does not count
         engine.fast = False
         ref, _ = engine.synthesize(feats, g)

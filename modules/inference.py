@@ -32,7 +32,14 @@ from modules.config import HParams, load_config
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.errors import InferenceError
 from modules.frame_features import repeat_expand_2d, volume
-from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
+from modules.host_memory import reuse_freed_memory
+from modules.inference_chunked import (
+    ExcitationStream,
+    ReceptiveField,
+    heap_window_frames,
+    receptive_field,
+    synthesize_chunked,
+)
 from modules.inference_plan import (
     OutputAssembler,
     Piece,
@@ -129,9 +136,15 @@ class SvcEngine:
         self._take_config(hps, encoder, pretrain_dir, encoder_window_seconds)
         self.model = model.eval()
         self.device = torch.device(device)
-        self.chunk_frames = chunk_frames
         self.fast = fast and _reduced_precision_is_fast(self.device)
         self.rf: ReceptiveField = receptive_field(model, hps.model)
+        self.chunk_frames = chunk_frames
+        if self.device.type == "cpu":
+            # Decoder windows whose activations stay below glibc's mmap threshold, reused from op to op
+            # instead of being page-faulted anew (at 60 s and more: several times slower otherwise).
+            reuse_freed_memory()
+            if chunk_frames > 0:
+                self.chunk_frames = min(chunk_frames, heap_window_frames(hps.model, self.rf.decoder))
 
     def _take_config(self, hps: HParams, encoder: Any, pretrain_dir: str | os.PathLike | None,
                      encoder_window_seconds: float) -> None:
