@@ -294,7 +294,7 @@ def _make_only_engine(base: type, stage: DiffusionStage, options: DiffusionOptio
             self.model = None
             self.device = device
             self.chunk_frames = stage.window_frames
-            self.fast = False
+            self.dtype = torch.float32
             self.post_process = None
             self.stage, self.options = stage, options
 
