@@ -130,7 +130,6 @@ class SvcEngine:
         self.model = model.eval()
         self.device = torch.device(device)
         self.dtype: torch.dtype = inference_dtype(precision or ("auto" if fast else "fp32"), self.device)
-        self._decoders: dict[torch.dtype, Callable[..., torch.Tensor]] = {}
         self.rf: ReceptiveField = receptive_field(model, hps.model)
         self.chunk_frames = chunk_frames
         if self.device.type == "cpu":
@@ -275,17 +274,6 @@ class SvcEngine:
         else:
             yield
 
-    def _decoder(self) -> Callable[..., torch.Tensor]:
-        """The decoder's synthesize for the current dtype: on the CPU the fused channels-last one
-        (vdecoder.fused_synthesis, built once per dtype), elsewhere the generator's own under autocast."""
-        if self.device.type != "cpu":
-            return self.model.dec.synthesize
-        if self.dtype not in self._decoders:
-            from vdecoder.fused_synthesis import cpu_synthesis
-
-            self._decoders[self.dtype] = cpu_synthesis(self.model.dec, self.dtype)
-        return self._decoders[self.dtype]
-
     @torch.inference_mode()
     def synthesize(
         self, feats: PieceFeatures, g: torch.Tensor, noise_scale: float = 0.4, seed: int | None = DEFAULT_SEED,
@@ -312,7 +300,7 @@ class SvcEngine:
             excitation = model.dec.excitation(f0_used)
         with self._autocast():
             audio = synthesize_chunked(model, z_p, x_mask, excitation, g, self.rf, self.hop_length,
-                                       self.chunk_frames, progress, decode=self._decoder())
+                                       self.chunk_frames, progress)
         return audio.float(), f0_used
 
     # ----- whole inputs -----------------------------------------------------------------------------------

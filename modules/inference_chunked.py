@@ -217,16 +217,13 @@ def synthesize_chunked(
     hop: int,
     chunk_frames: int = 1024,
     progress: Callable[[int], None] | None = None,
-    decode: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Audio [B, 1, T*hop] = dec.synthesize(flow(z_p, reverse), excitation, g), computed window by window.
 
     z_p [B, C, T]; excitation [B, 1, T*hop] (dec.excitation on the whole piece) or an ExcitationStream;
     g [B, gin, 1|T].
-    `progress(frames_done)` is called after each window. `decode(z, source, g)` replaces
-    model.dec.synthesize (e.g. vdecoder.fused_synthesis on the CPU).
+    `progress(frames_done)` is called after each window.
     """
-    decode = model.dec.synthesize if decode is None else decode
     n = z_p.size(-1)
     ranges = windows(n, chunk_frames)
     whole_flow = rf.flow is None and len(ranges) > 1
@@ -247,7 +244,7 @@ def synthesize_chunked(
             source = excitation.get(da, db)
         else:
             source = excitation[..., da * hop: db * hop]
-        audio = decode(z, source, _slice_time(g, da, db))
+        audio = model.dec.synthesize(z, source, _slice_time(g, da, db))
         pieces.append(audio[..., (a - da) * hop: (b - da) * hop])
         if progress is not None:
             progress(b - a)
