@@ -1,6 +1,6 @@
 """Inference speed and memory of the synthesizer for the default config (random weights).
 
-    python -m bench.infer                      # 10 s, 60 s, 10 min; fp32 and fast (bf16 autocast); 2 threads
+    python -m bench.infer                      # 10 s, 60 s, 10 min; fp32 and fast (--precision auto); 2 threads
     python -m bench.infer --skip-long          # without the 10-minute case (it takes minutes on a CPU)
     python -m bench.infer --device cuda        # GPU timings (peak memory = torch's max allocated)
     python -m bench.infer --original ../so-vits-svc --skip-long   # side by side with a so-vits-svc 4.1 checkout
@@ -9,8 +9,9 @@ Measures SvcEngine.synthesize (text encoder, prior noise, excitation, chunked fl
 continuous voice: units are random, F0 is a synthetic melody without pauses (modules/synthetic_voices.py),
 so one piece spans the whole duration (no silence slicing). The F0 predictor and the speech encoder
 are not included: their cost depends on which ones you pick. RTF = compute seconds per audio
-second. Each case runs in a fresh process so its peak RSS (resident memory, including the ~200 MB
-model and the torch runtime) is its own. Fast mode reports the SNR of its output against fp32.
+second; minor faults = pages the kernel mapped in during the call (modules/host_memory.py). Each case
+runs in a fresh process so its peak RSS (resident memory, including the ~200 MB model and the torch
+runtime) is its own. Fast mode reports the SNR of its output against fp32.
 
 With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) both synthesizers are
 built from the same G file (`--model`/`--config`, default: a random default-config model written to a
@@ -118,7 +119,8 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'audio':>8} {'mode':>5} {'device':>6} {'thr':>3} {'compute s':>10} {'RTF':>7} {'peak MB':>8} {'SNR dB':>7}"
+    head = (f"{'audio':>8} {'mode':>5} {'device':>6} {'thr':>3} {'compute s':>10} {'RTF':>7} {'peak MB':>8} {'SNR dB':>7}"
+            f" {'minor faults':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["rtf"] is None:
@@ -126,7 +128,7 @@ def _table(rows: list[dict]) -> str:
             continue
         snr = "" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
         lines.append(f"{r['seconds']:>7.0f}s {r['mode']:>5} {r['device']:>6} {r['threads']:>3} {r['compute_s']:>10.2f} "
-                     f"{r['rtf']:>7.3f} {r['peak_mb']:>8} {snr:>7}")
+                     f"{r['rtf']:>7.3f} {r['peak_mb']:>8} {snr:>7} {r['minflt']:>12}")
     return "\n".join(lines)
 
 

@@ -90,12 +90,12 @@ def decoder_values_per_frame(model_hps: Any, snake: bool | None = None) -> int:
 
 
 def heap_window_frames(model_hps: Any, margin: int, itemsize: int = 4,
-                       budget_bytes: int = MMAP_THRESHOLD_MAX * 15 // 16) -> int:
+                       budget_bytes: int = MMAP_THRESHOLD_MAX * 15 // 16, snake: bool | None = None) -> int:
     """Kept frames per decoder window such that every activation of the window (kept frames plus
     `margin` each side) stays below `budget_bytes`: below glibc's mmap threshold, such buffers are
     reused heap memory instead of fresh page-faulted mappings (modules.host_memory). The default
     budget leaves 1/16 of the threshold for padded copies inside the convs. At least 1."""
-    total = budget_bytes // (decoder_values_per_frame(model_hps) * itemsize)
+    total = budget_bytes // (decoder_values_per_frame(model_hps, snake) * itemsize)
     return max(1, total - 2 * margin)
 
 
