@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         base = dataclasses.replace(convert_options(args), speaker=speaker)
         rows = evaluate_models(
             args.model_path, args.config_path, sources, base, evaluator, sweep,
-            engine_options={"device": args.device, "fast": args.fast, "pretrain_dir": args.pretrain_dir},
+            engine_options={"device": args.device, "fast": args.fast, "precision": args.precision,
+                            "pretrain_dir": args.pretrain_dir},
             save_dir=args.save_dir, show_progress=not args.no_progress,
         )
     print(format_table(rows))

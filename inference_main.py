@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spk_mix_file", default="spkmix.py", help="map file for -usm (default spkmix.py)")
     p.add_argument("--results_dir", default="results", help="output folder (default results)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                   help="synthesizer runtime: torch, or onnx (onnxruntime on the CPU, faster there; -d, --fast and -a "
+                   help="synthesizer runtime: torch, or onnx (onnxruntime on the CPU; -d, --precision, --fast and -a "
                         "do not apply; see --onnx_model)")
     p.add_argument("--onnx_model", default=None,
                    help="exported graph for --backend onnx (default: <model>_SoVits.onnx next to -m, exported "
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
         speakers=args.spk_list, options=convert_options(args),
         spk_mix_file=args.spk_mix_file if args.use_spk_mix else None, raw_dir=args.raw_dir,
         results_dir=args.results_dir, wav_format=args.wav_format, device=args.device, fast=args.fast,
+        precision=args.precision,
         pretrain_dir=args.pretrain_dir, show_progress=not args.no_progress, backend=args.backend,
         onnx_model=args.onnx_model, cluster_model_path=args.cluster_model_path,
         cluster_infer_ratio=args.cluster_infer_ratio, feature_retrieval=args.feature_retrieval,

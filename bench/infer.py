@@ -1,15 +1,25 @@
 """Inference speed and memory of the synthesizer for the default config (random weights).
 
-    python -m bench.infer                      # 10 s, 60 s, 10 min; fp32 and fast (bf16 autocast); 2 threads
+    python -m bench.infer                      # 10 s, 60 s, 10 min; fp32 and fast (--precision auto); 2 threads
     python -m bench.infer --skip-long          # without the 10-minute case (it takes minutes on a CPU)
     python -m bench.infer --device cuda        # GPU timings (peak memory = torch's max allocated)
+    python -m bench.infer --original ../so-vits-svc --skip-long   # side by side with a so-vits-svc 4.1 checkout
 
 Measures SvcEngine.synthesize (text encoder, prior noise, excitation, chunked flow + decoder) on
 continuous voice: units are random, F0 is a synthetic melody without pauses (modules/synthetic_voices.py),
 so one piece spans the whole duration (no silence slicing). The F0 predictor and the speech encoder
 are not included: their cost depends on which ones you pick. RTF = compute seconds per audio
-second. Each case runs in a fresh process so its peak RSS (resident memory, including the ~200 MB
-model and the torch runtime) is its own. Fast mode reports the SNR of its output against fp32.
+second; minor faults = pages the kernel mapped in during the call (modules/host_memory.py). Each case
+runs in a fresh process so its peak RSS (resident memory, including the ~200 MB model and the torch
+runtime) is its own. Fast mode reports the SNR of its output against fp32.
+
+With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) both synthesizers are
+built from the same G file (`--model`/`--config`, default: a random default-config model written to a
+temporary folder) and get the same inputs. Every run is a fresh process importing only its own project
+(bench/_run_side.py); runs alternate original, ours, ... `--repeats` times (default 3) and the table
+shows medians: case | original | ours | ours/original, plus the outputs' agreement for cases up to 10 s.
+Cases above `--original-max-seconds` (default 60) run ours only: the original holds the whole piece's
+decoder activations (gigabytes per minute of audio). Nothing of the original is part of this repository.
 """
 from __future__ import annotations
 
@@ -17,9 +27,12 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from modules.config import PROJECT_ROOT
 
@@ -85,16 +98,19 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     audio, _ = engine.synthesize(feats, g)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
     result = {"seconds": seconds, "mode": mode, "device": device_name, "threads": threads,
               "compute_s": round(elapsed, 2), "rtf": round(elapsed / seconds, 4), "peak_mb": round(_peak_mb(device)),
-              "snr_db": None, "note": ""}
+              "snr_db": None, "note": "", "minflt": after.ru_minflt - before.ru_minflt,
+              "sys_s": round(after.ru_stime - before.ru_stime, 2)}
     if mode == "fast" and seconds <= 60:  # reference after the measurement, so it does not count
-        engine.fast = False
+        engine.dtype = torch.float32
         ref, _ = engine.synthesize(feats, g)
         err = (audio.float() - ref).double()
         result["snr_db"] = round(float(10 * torch.log10(ref.double().pow(2).sum() / err.pow(2).sum())), 1)
@@ -103,7 +119,8 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'audio':>8} {'mode':>5} {'device':>6} {'thr':>3} {'compute s':>10} {'RTF':>7} {'peak MB':>8} {'SNR dB':>7}"
+    head = (f"{'audio':>8} {'mode':>5} {'device':>6} {'thr':>3} {'compute s':>10} {'RTF':>7} {'peak MB':>8} {'SNR dB':>7}"
+            f" {'minor faults':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["rtf"] is None:
@@ -111,8 +128,127 @@ def _table(rows: list[dict]) -> str:
             continue
         snr = "" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
         lines.append(f"{r['seconds']:>7.0f}s {r['mode']:>5} {r['device']:>6} {r['threads']:>3} {r['compute_s']:>10.2f} "
-                     f"{r['rtf']:>7.3f} {r['peak_mb']:>8} {snr:>7}")
+                     f"{r['rtf']:>7.3f} {r['peak_mb']:>8} {snr:>7} {r['minflt']:>12}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- side by side (--original)
+
+SIDE_RUNNER = Path(__file__).resolve().parent / "_run_side.py"
+
+
+def write_random_model(folder: Path) -> tuple[Path, Path]:
+    """A default-config G file with random weights (seed 0) and its config.json, in `folder`."""
+    import torch
+
+    from models import SynthesizerTrn
+    from modules.checkpoint import save_checkpoint
+    from modules.config import HParams, load_template, save_config
+
+    cfg = load_template()
+    torch.manual_seed(0)
+    model = SynthesizerTrn.from_hparams(HParams(**cfg))
+    config, g_file = folder / "config.json", folder / "G_0.pth"
+    save_config(cfg, config)
+    save_checkpoint(model, None, 1e-4, 0, g_file)
+    return g_file, config
+
+
+def write_inputs(path: Path, seconds: float, config: Path) -> int:
+    """Units, a continuous F0 and uv for `seconds` of audio as an .npz for both sides; returns the frames."""
+    import numpy as np
+
+    from modules.config import load_config
+
+    hps = load_config(config)
+    sr, hop = hps.data.sampling_rate, hps.data.hop_length
+    n = int(seconds * sr) // hop
+    rng = np.random.default_rng(1)
+    np.savez(path, c=rng.standard_normal((1, hps.model.ssl_dim, n)).astype(np.float32),
+             f0=_continuous_f0(n, sr, hop)[None], uv=np.ones((1, n), dtype=np.float32))
+    return n
+
+
+def run_side(side: str, root: Path, g_file: Path, config: Path, inputs: Path, threads: int,
+             audio_out: Path | None) -> dict:
+    """One fresh-process measurement of one side (bench/_run_side.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("PYTHONPATH", None)  # each side imports only its own project
+    cmd = [sys.executable, str(SIDE_RUNNER), side, str(root), str(g_file), str(config), str(inputs), str(threads),
+           str(audio_out) if audio_out else "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{side} run failed in {root}:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def _side_cell(runs: list[dict], seconds: float) -> tuple[str, float, float]:
+    t = statistics.median(r["seconds_taken"] for r in runs)
+    mb = statistics.median(r["peak_mb"] for r in runs)
+    return f"{t:.2f} s (RTF {t / seconds:.3f}), {mb / 1024:.2f} GB", t, mb
+
+
+def compare_table(rows: list[dict]) -> str:
+    """Markdown table: case | original | ours | ours/original (medians)."""
+    lines = ["| case | original | ours | ours/original |", "|---|---|---|---|"]
+    for row in rows:
+        ours, t_ours, mb_ours = _side_cell(row["ours"], row["seconds"])
+        case = f"synthesizer, {row['seconds']:g} s of audio"
+        if not row["original"]:
+            lines.append(f"| {case} | (not run) | {ours} | |")
+            continue
+        orig, t_orig, mb_orig = _side_cell(row["original"], row["seconds"])
+        ratio = f"time {t_ours / t_orig:.2f}, memory {mb_ours / mb_orig:.2f}"
+        if row.get("agreement") is not None:
+            ratio += f"; outputs differ by {row['agreement']:.1e} of peak"
+        lines.append(f"| {case} | {orig} | {ours} | {ratio} |")
+    return "\n".join(lines)
+
+
+def compare(args: argparse.Namespace, durations: list[float]) -> int:
+    import numpy as np
+
+    original = Path(args.original).resolve()
+    if not (original / "models.py").is_file():
+        print(f"{original}: not a so-vits-svc checkout (no models.py there)", file=sys.stderr)
+        return 2
+    ours = Path(PROJECT_ROOT).resolve()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="svc-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.model:
+            g_file, config = Path(args.model).resolve(), Path(args.config).resolve()
+        else:
+            g_file, config = write_random_model(tmp)
+        for seconds in durations:
+            inputs = tmp / f"inputs_{seconds:g}.npz"
+            write_inputs(inputs, seconds, config)
+            sides = ["original", "ours"] if seconds <= args.original_max_seconds else ["ours"]
+            runs: dict[str, list[dict]] = {"original": [], "ours": []}
+            saved: dict[str, Path] = {}
+            for rep in range(args.repeats):
+                for side in sides:
+                    audio = tmp / f"{side}.npy" if rep == 0 and seconds <= 10 else None
+                    runs[side].append(run_side(side, original if side == "original" else ours, g_file, config,
+                                               inputs, args.threads, audio))
+                    if audio is not None:
+                        saved[side] = audio
+                    print(f"{seconds:g} s {side}: {runs[side][-1]}", flush=True)
+            agreement = None
+            if len(saved) == 2:
+                a, b = np.load(saved["ours"]), np.load(saved["original"])
+                n = min(len(a), len(b))
+                agreement = float(np.abs(a[:n] - b[:n]).max() / max(np.abs(b[:n]).max(), 1e-9))
+            rows.append({"seconds": seconds, "original": runs["original"], "ours": runs["ours"],
+                         "agreement": agreement})
+    print()
+    print(compare_table(rows))
+    if args.json:
+        from modules.atomic_write import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--chunk-frames", type=int, default=1024, help="frames per synthesis window (default 1024)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--original", default=None, metavar="PATH",
+                        help="a so-vits-svc 4.1 checkout: measure it and ours side by side (see above)")
+    parser.add_argument("--model", default=None, help="with --original: G file both sides load (default: random weights)")
+    parser.add_argument("--config", default=None, help="with --model: its config.json")
+    parser.add_argument("--repeats", type=int, default=3, help="with --original: runs per side and case (median)")
+    parser.add_argument("--original-max-seconds", type=float, default=60.0,
+                        help="with --original: longer cases run ours only (default 60)")
     parser.add_argument("--case", nargs=2, metavar=("SECONDS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -132,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(row))
         return 0
     durations = [d for d in args.durations if not (args.skip_long and d > 60)]
+    if args.model and not args.config:
+        parser.error("--model needs --config")
+    if args.original:
+        return compare(args, durations)
     rows: list[dict] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     for seconds in durations:

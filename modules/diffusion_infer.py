@@ -33,7 +33,8 @@ from modules.config import HParams, load_diffusion_config
 from modules.device import resolve_device
 from modules.errors import ConfigError, InferenceError, PretrainedFileMissing
 from modules.frame_features import repeat_expand_2d, volume
-from modules.inference_chunked import ExcitationStream, decoder_receptive_frames, windows
+from modules.host_memory import reuse_freed_memory
+from modules.inference_chunked import ExcitationStream, decoder_receptive_frames, heap_window_frames, windows
 from modules.inference_plan import loudness_envelope
 from vdecoder import NsfHifiGan
 from vencoder.base import ENCODER_SAMPLE_RATE
@@ -83,10 +84,13 @@ def vocode(vocoder: Any, mel: torch.Tensor, f0: torch.Tensor, chunk_frames: int 
     n = mel.shape[1]
     f0 = f0[:, :n].float()
     x = mel.transpose(1, 2)
+    margin = decoder_receptive_frames(vocoder.h, snake=False)
+    if mel.device.type == "cpu" and chunk_frames > 0:  # activations in reused heap memory (modules.host_memory)
+        reuse_freed_memory()
+        chunk_frames = min(chunk_frames, heap_window_frames(vocoder.h, margin, snake=False))
     if chunk_frames <= 0 or n <= chunk_frames:
         return gen(x, f0)[:, 0]
     hop = gen.upp
-    margin = decoder_receptive_frames(vocoder.h, snake=False)
     excitation = ExcitationStream(gen.m_source, f0, hop, chunk_frames)
     parts = []
     for a, b in windows(n, chunk_frames):
@@ -294,7 +298,7 @@ def _make_only_engine(base: type, stage: DiffusionStage, options: DiffusionOptio
             self.model = None
             self.device = device
             self.chunk_frames = stage.window_frames
-            self.fast = False
+            self.dtype = torch.float32
             self.post_process = None
             self.stage, self.options = stage, options
 

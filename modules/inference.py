@@ -29,10 +29,17 @@ from models import DEFAULT_SEED
 from modules.audio import load_audio, resample
 from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
-from modules.device import cpu_has_fast_half, resolve_device
+from modules.device import inference_dtype, resolve_device
 from modules.errors import InferenceError
 from modules.frame_features import repeat_expand_2d, volume
-from modules.inference_chunked import ExcitationStream, ReceptiveField, receptive_field, synthesize_chunked
+from modules.host_memory import reuse_freed_memory
+from modules.inference_chunked import (
+    ExcitationStream,
+    ReceptiveField,
+    heap_window_frames,
+    receptive_field,
+    synthesize_chunked,
+)
 from modules.inference_plan import (
     OutputAssembler,
     Piece,
@@ -91,14 +98,6 @@ class ConversionStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _reduced_precision_is_fast(device: torch.device) -> bool:
-    """Whether fast mode (bf16 autocast on CPU, fp16 on GPU) can help on this device."""
-    if device.type != "cpu" or cpu_has_fast_half(torch.bfloat16):
-        return True
-    logger.warning("fast mode: this CPU has no native bf16 (emulated bf16 is much slower); running fp32")
-    return False
-
-
 def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLike
                      ) -> tuple[torch.nn.Module, HParams]:
     """The synthesizer of a G checkpoint for inference: built from its config, loaded strictly (only the
@@ -124,14 +123,21 @@ class SvcEngine:
     def __init__(
         self, model: torch.nn.Module, hps: HParams, device: torch.device | str = "cpu", encoder: Any = None,
         chunk_frames: int = 1024, fast: bool = False, pretrain_dir: str | os.PathLike | None = None,
-        encoder_window_seconds: float = 60.0,
+        encoder_window_seconds: float = 60.0, precision: str | None = None,
     ) -> None:
+        """`precision` (modules.device.PRECISIONS) sets the synthesis dtype; None: "auto" if `fast`, else fp32."""
         self._take_config(hps, encoder, pretrain_dir, encoder_window_seconds)
         self.model = model.eval()
         self.device = torch.device(device)
-        self.chunk_frames = chunk_frames
-        self.fast = fast and _reduced_precision_is_fast(self.device)
+        self.dtype: torch.dtype = inference_dtype(precision or ("auto" if fast else "fp32"), self.device)
         self.rf: ReceptiveField = receptive_field(model, hps.model)
+        self.chunk_frames = chunk_frames
+        if self.device.type == "cpu":
+            # Decoder windows whose activations stay below glibc's mmap threshold, reused from op to op
+            # instead of being page-faulted anew (at 60 s and more: several times slower otherwise).
+            reuse_freed_memory()
+            if chunk_frames > 0:
+                self.chunk_frames = min(chunk_frames, heap_window_frames(hps.model, self.rf.decoder))
 
     def _take_config(self, hps: HParams, encoder: Any, pretrain_dir: str | os.PathLike | None,
                      encoder_window_seconds: float) -> None:
@@ -151,11 +157,17 @@ class SvcEngine:
 
     # ----- construction ---------------------------------------------------------------------------------
 
+    @property
+    def fast(self) -> bool:
+        """Whether synthesis runs in reduced precision (bf16 or fp16)."""
+        return self.dtype != torch.float32
+
     @classmethod
     def load(
         cls, model_path: str | os.PathLike, config_path: str | os.PathLike, device: str | None = None,
         encoder: Any = None, chunk_frames: int = 1024, fast: bool = False,
         pretrain_dir: str | os.PathLike | None = None, encoder_window_seconds: float = 60.0,
+        precision: str | None = None,
     ) -> "SvcEngine":
         """Build the model from the config, load the checkpoint strictly (enc_q optional), fold weight norm."""
         model, hps = load_synthesizer(model_path, config_path)
@@ -163,7 +175,7 @@ class SvcEngine:
         model = model.to(dev)
         logger.info("loaded %s (%d speakers) on %s", model_path, len(hps.spk), dev)
         return cls(model, hps, dev, encoder=encoder, chunk_frames=chunk_frames, fast=fast, pretrain_dir=pretrain_dir,
-                   encoder_window_seconds=encoder_window_seconds)
+                   encoder_window_seconds=encoder_window_seconds, precision=precision)
 
     @property
     def encoder(self) -> Any:
@@ -257,8 +269,7 @@ class SvcEngine:
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
         if self.fast:
-            dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-            with torch.autocast(self.device.type, dtype=dtype):
+            with torch.autocast(self.device.type, dtype=self.dtype):
                 yield
         else:
             yield

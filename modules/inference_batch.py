@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cluster.mixing import UnitMixer, resolve_cluster_path
 from modules.audio import AUDIO_EXTENSIONS, save_audio
 from modules.config import DIFFUSION_METHODS
+from modules.device import PRECISIONS
 from modules.diffusion_infer import DiffusionOnlyEngine, DiffusionOptions, attach
 from modules.errors import ConfigError, InferenceError
 from modules.inference import ConvertOptions, SvcEngine
@@ -52,7 +53,8 @@ class BatchRequest:
     results_dir: str | os.PathLike = "results"
     wav_format: str = "flac"
     device: str | None = None
-    fast: bool = False
+    fast: bool = False  # --fast: the same as precision "auto"
+    precision: str | None = None  # --precision (modules.device.PRECISIONS); None: auto if fast, else fp32
     pretrain_dir: str | os.PathLike | None = None
     show_progress: bool = True
     backend: str = "torch"  # "onnx": the exported graph on onnxruntime
@@ -119,7 +121,10 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="NSF-HiFiGAN folder (config.json, model); default: the diffusion config's, or pretrain/nsf_hifigan")
     p.add_argument("--raw_dir", default="raw", help="folder bare -n names are looked up in (default raw)")
     p.add_argument("--pretrain_dir", default="pretrain", help="folder with the speech encoder's weights (default pretrain)")
-    p.add_argument("--fast", action="store_true", help="reduced-precision synthesis (bf16 on CPU, fp16 on GPU)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="synthesis precision: fp32 (default), bf16, fp16, or auto = the fastest the device runs "
+                        "natively (fp16 on a GPU; bf16 on a CPU with native bf16 kernels, else fp32, which it logs)")
+    p.add_argument("--fast", action="store_true", help="same as --precision auto")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 
@@ -210,7 +215,7 @@ def load_engine(request: BatchRequest) -> SvcEngine:
                                   pretrain_dir=request.pretrain_dir)
     else:
         engine = SvcEngine.load(request.model_path, request.config_path, device=request.device,
-                                fast=request.fast, pretrain_dir=request.pretrain_dir)
+                                fast=request.fast, pretrain_dir=request.pretrain_dir, precision=request.precision)
     attach(engine, diff, request.diffusion_model_path, request.diffusion_config_path, request.vocoder_dir)
     return engine
 

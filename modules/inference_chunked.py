@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from modules.host_memory import MMAP_THRESHOLD_MAX
+
 # A SnakeAlias activation filters at twice the rate with 12-tap kernels (up and down); its reach
 # at the activation's own rate is at most ceil((6 + 6) / 2) samples.
 _SNAKE_RADIUS = 6
@@ -68,6 +70,33 @@ def decoder_receptive_frames(model_hps: Any, snake: bool | None = None) -> int:
         radius = math.ceil((radius + k) / u) + act  # transposed conv, after the stage's activation
     radius += 3  # conv_pre kernel 7
     return radius + _SAFETY_FRAMES
+
+
+def decoder_values_per_frame(model_hps: Any, snake: bool | None = None) -> int:
+    """Values per z frame of the decoder's largest activation (channels x samples per frame, widest stage).
+
+    Stage i has upsample_initial_channel / 2^(i+1) channels at prod(rates[:i+1]) samples per frame;
+    conv_pre's output has upsample_initial_channel at 1. A snake activation works at twice the rate.
+    """
+    rates = list(model_hps["upsample_rates"])
+    ch0 = int(model_hps["upsample_initial_channel"])
+    if snake is None:
+        snake = model_hps["vocoder_name"] == "nsf-snake-hifigan"
+    widest, samples = ch0, 1
+    for i, u in enumerate(rates):
+        samples *= int(u)
+        widest = max(widest, ch0 // 2 ** (i + 1) * samples)
+    return widest * (2 if snake else 1)
+
+
+def heap_window_frames(model_hps: Any, margin: int, itemsize: int = 4,
+                       budget_bytes: int = MMAP_THRESHOLD_MAX * 15 // 16, snake: bool | None = None) -> int:
+    """Kept frames per decoder window such that every activation of the window (kept frames plus
+    `margin` each side) stays below `budget_bytes`: below glibc's mmap threshold, such buffers are
+    reused heap memory instead of fresh page-faulted mappings (modules.host_memory). The default
+    budget leaves 1/16 of the threshold for padded copies inside the convs. At least 1."""
+    total = budget_bytes // (decoder_values_per_frame(model_hps, snake) * itemsize)
+    return max(1, total - 2 * margin)
 
 
 def flow_receptive_frames(flow: torch.nn.Module) -> int | None:

@@ -54,7 +54,7 @@ class OnnxSvcEngine(SvcEngine):
         self.source = source
         self.device = torch.device("cpu")
         self.chunk_frames = 0
-        self.fast = False
+        self.dtype = torch.float32
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = set(inputs)
         missing = {"c", "f0", "mel2ph", "uv", "noise", "sid"} - self.input_names

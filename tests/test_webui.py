@@ -275,6 +275,7 @@ def test_a_new_page_shows_the_loaded_model(ui):
 # Every inference_main.py flag and where the web UI offers it; a new flag fails this test until it has a control.
 CLI_FLAG_IN_UI = {
     "model_path": "Model tab", "config_path": "Model tab", "device": "Model tab", "fast": "Model tab",
+    "precision": "Model tab Fast checkbox (= auto)",
     "clean_names": "Convert tab audio", "spk_list": "Convert tab speaker", "spk_mix_file": "Tools tab timeline",
     "pretrain_dir": "webUI.py --pretrain_dir", "results_dir": "<root>/results", "raw_dir": "uploads instead",
     "no_progress": "progress bar", "debug": "webUI.py --debug",

@@ -1,0 +1,91 @@
+"""One synthesizer measurement in a fresh process, for `python -m bench.infer --original PATH`.
+
+Run as a script (never imported): `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO`.
+SIDE is "ours" or "original"; ROOT is the folder whose `models.py` and packages are imported. Both
+projects have top-level packages of the same names (`modules`, `vdecoder`, ...), so each side runs in
+its own process with only its own root on the import path.
+
+- original: a so-vits-svc 4.1 checkout, loaded the way its inference loads a model
+  (`utils.get_hparams_from_file`, `SynthesizerTrn(spec_channels, segment_frames, **hps.model)`,
+  `utils.load_checkpoint`, eval mode), then `net_g.infer(c, f0, uv, g=sid, noice_scale=0.4)`;
+- ours: `SvcEngine.load(G_FILE, CONFIG)` and `engine.synthesize` (chunked flow and decoder).
+
+INPUTS is an .npz with units c [1, ssl_dim, T], f0 [1, T] and uv [1, T] (the same for both sides). Both
+sides run one short warm-up first. Prints one line `RESULT {json}` (seconds, peak RSS in MB); with
+OUT_AUDIO other than "-", also saves the audio there (.npy) so the caller can compare the two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _import_root(root: str) -> None:
+    """Put `root` first on the import path and drop this script's folder and our project root."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ours = os.path.dirname(here)
+    sys.path[:] = [root] + [p for p in sys.path if os.path.abspath(p or ".") not in (here, ours)]
+
+
+def _original(root: str, g_file: str, config: str):
+    import torch
+    import utils  # the checkout's utils.py
+
+    from models import SynthesizerTrn  # the checkout's models.py
+
+    hps = utils.get_hparams_from_file(config)
+    net_g = SynthesizerTrn(hps.data.filter_length // 2 + 1, hps.train.segment_size // hps.data.hop_length,
+                           **hps.model)
+    utils.load_checkpoint(g_file, net_g, None)
+    net_g.eval()
+    sid = torch.LongTensor([[0]])
+
+    def run(c, f0, uv):
+        with torch.no_grad():
+            audio, _ = net_g.infer(c, f0, uv, g=sid, noice_scale=0.4)
+        return audio
+
+    return run
+
+
+def _ours(root: str, g_file: str, config: str):
+    from modules.inference import PieceFeatures, SvcEngine
+
+    engine = SvcEngine.load(g_file, config, device="cpu", encoder=object())
+    g = engine.speaker_condition(0)
+
+    def run(c, f0, uv):
+        audio, _ = engine.synthesize(PieceFeatures(c, f0, uv, None), g, noise_scale=0.4)
+        return audio
+
+    return run
+
+
+def main(argv: list[str]) -> int:
+    side, root, g_file, config, inputs, threads, out_audio = argv
+    _import_root(root)
+    os.chdir(root)
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(int(threads))
+    data = np.load(inputs)
+    c, f0, uv = (torch.from_numpy(data[k]) for k in ("c", "f0", "uv"))
+    run = (_original if side == "original" else _ours)(root, g_file, config)
+    warm = min(200, c.shape[-1])
+    run(c[..., :warm], f0[:, :warm], uv[:, :warm])
+    start = time.perf_counter()
+    audio = run(c, f0, uv)
+    elapsed = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    if out_audio != "-":
+        np.save(out_audio, audio.float().reshape(-1).numpy())
+    print("RESULT " + json.dumps({"side": side, "seconds_taken": round(elapsed, 3), "peak_mb": round(peak_mb)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
