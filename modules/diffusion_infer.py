@@ -33,8 +33,7 @@ from modules.config import HParams, load_diffusion_config
 from modules.device import resolve_device
 from modules.errors import ConfigError, InferenceError, PretrainedFileMissing
 from modules.frame_features import repeat_expand_2d, volume
-from modules.host_memory import reuse_freed_memory
-from modules.inference_chunked import ExcitationStream, decoder_receptive_frames, heap_window_frames, windows
+from modules.inference_chunked import ExcitationStream, cpu_window_frames, decoder_receptive_frames, windows
 from modules.inference_plan import loudness_envelope
 from vdecoder import NsfHifiGan
 from vencoder.base import ENCODER_SAMPLE_RATE
@@ -85,9 +84,7 @@ def vocode(vocoder: Any, mel: torch.Tensor, f0: torch.Tensor, chunk_frames: int 
     f0 = f0[:, :n].float()
     x = mel.transpose(1, 2)
     margin = decoder_receptive_frames(vocoder.h, snake=False)
-    if mel.device.type == "cpu" and chunk_frames > 0:  # activations in reused heap memory (modules.host_memory)
-        reuse_freed_memory()
-        chunk_frames = min(chunk_frames, heap_window_frames(vocoder.h, margin, snake=False))
+    chunk_frames = cpu_window_frames(chunk_frames, mel.device, vocoder.h, margin, snake=False)
     if chunk_frames <= 0 or n <= chunk_frames:
         return gen(x, f0)[:, 0]
     hop = gen.upp

@@ -32,11 +32,10 @@ from modules.config import HParams, load_config
 from modules.device import inference_dtype, resolve_device
 from modules.errors import InferenceError
 from modules.frame_features import repeat_expand_2d, volume
-from modules.host_memory import reuse_freed_memory
 from modules.inference_chunked import (
     ExcitationStream,
     ReceptiveField,
-    heap_window_frames,
+    cpu_window_frames,
     receptive_field,
     synthesize_chunked,
 )
@@ -131,13 +130,7 @@ class SvcEngine:
         self.device = torch.device(device)
         self.dtype: torch.dtype = inference_dtype(precision or ("auto" if fast else "fp32"), self.device)
         self.rf: ReceptiveField = receptive_field(model, hps.model)
-        self.chunk_frames = chunk_frames
-        if self.device.type == "cpu":
-            # Decoder windows whose activations stay below glibc's mmap threshold, reused from op to op
-            # instead of being page-faulted anew (at 60 s and more: several times slower otherwise).
-            reuse_freed_memory()
-            if chunk_frames > 0:
-                self.chunk_frames = min(chunk_frames, heap_window_frames(hps.model, self.rf.decoder))
+        self.chunk_frames = cpu_window_frames(chunk_frames, self.device, hps.model, self.rf.decoder)
 
     def _take_config(self, hps: HParams, encoder: Any, pretrain_dir: str | os.PathLike | None,
                      encoder_window_seconds: float) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from modules.host_memory import MMAP_THRESHOLD_MAX
+from modules.host_memory import MMAP_THRESHOLD_MAX, reuse_freed_memory
 
 # A SnakeAlias activation filters at twice the rate with 12-tap kernels (up and down); its reach
 # at the activation's own rate is at most ceil((6 + 6) / 2) samples.
@@ -97,6 +97,17 @@ def heap_window_frames(model_hps: Any, margin: int, itemsize: int = 4,
     budget leaves 1/16 of the threshold for padded copies inside the convs. At least 1."""
     total = budget_bytes // (decoder_values_per_frame(model_hps, snake) * itemsize)
     return max(1, total - 2 * margin)
+
+
+def cpu_window_frames(chunk_frames: int, device: torch.device, model_hps: Any, margin: int,
+                      snake: bool | None = None) -> int:
+    """The decoder window to use on `device`: on the CPU, glibc keeps freed memory for reuse and windows
+    shrink to heap_window_frames (several times faster from 60 s of audio on); elsewhere unchanged.
+    chunk_frames <= 0 (whole piece) stays as it is."""
+    if device.type != "cpu":
+        return chunk_frames
+    reuse_freed_memory()
+    return min(chunk_frames, heap_window_frames(model_hps, margin, snake=snake)) if chunk_frames > 0 else chunk_frames
 
 
 def flow_receptive_frames(flow: torch.nn.Module) -> int | None:
