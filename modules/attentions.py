@@ -22,9 +22,14 @@ from modules.commons import fused_add_tanh_sigmoid_multiply, weight_norm
 
 # Above this many score entries per (batch, head) the attention is computed in query blocks.
 BLOCK_THRESHOLD = 2048 * 2048
-# Score entries per (batch, head) in one block (query rows x all keys).
-BLOCK_ELEMENTS = 1 << 22
+# Score entries in one block, over all batch items and heads (query rows x all keys): 4 MiB of fp32, so a
+# block's scores and probabilities stay in the CPU's last-level cache and well under glibc's mmap
+# threshold (blocks of 32 MiB or more were fresh mmaps, zero-filled page by page, once per block and op).
+BLOCK_ELEMENTS = 1 << 20
 MASK_VALUE = -1e4
+# Rows whose softmax denominator shrinks below this fraction of the fused kernel's are recomputed exactly
+# (the relative-position correction subtracts; below 1/4 it could lose more than ~1e-6 relative).
+FUSED_MIN_FACTOR = 0.25
 
 
 class LayerNorm(nn.Module):
@@ -93,16 +98,79 @@ class MultiHeadAttention(nn.Module):
         k = k.view(b, self.n_heads, self.k_channels, t_k).transpose(2, 3)
         v = v.view(b, self.n_heads, self.k_channels, t_k).transpose(2, 3)
         q = q / math.sqrt(self.k_channels)
+        automatic = block_size is None
         if block_size is None:
-            block_size = t_q if t_q * t_k <= self.block_threshold else max(1, self.block_elements // t_k)
+            block_size = t_q if t_q * t_k <= self.block_threshold else max(1, self.block_elements // (b * self.n_heads * t_k))
         key_valid = x_mask[:, 0, :].bool() if x_mask is not None else None
-        outputs = []
-        for start in range(0, t_q, block_size):
-            stop = min(start + block_size, t_q)
-            outputs.append(self._attend_block(q[:, :, start:stop], k, v, start, key_valid, causal))
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        out = None
+        if block_size < t_q:
+            # Every block reads all of v and its slice of q: make them contiguous once, not once per block
+            # inside matmul. An all-valid mask (inference on one piece) would only cost passes over the scores.
+            q, v = q.contiguous(), v.contiguous()
+            if key_valid is not None and bool(key_valid.all()):
+                key_valid = None
+            if automatic and key_valid is None and not (self.training and self.drop.p > 0):
+                out = self._attend_fused(q, k.contiguous(), v, causal)
+        if out is None:
+            out = self._attend_blocks(q, k, v, block_size, key_valid, causal)
         out = out.transpose(2, 3).contiguous().view(b, d, t_q)
         return self.conv_o(out)
+
+    def _attend_blocks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int,
+        key_valid: torch.Tensor | None, causal: bool,
+    ) -> torch.Tensor:
+        outputs = []
+        for start in range(0, q.size(2), block_size):
+            outputs.append(self._attend_block(q[:, :, start:start + block_size], k, v, start, key_valid, causal))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+    def _attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor | None:
+        """Long unmasked self-attention through torch's fused CPU kernel (online softmax over key blocks, no
+        score matrix in memory), or None where that kernel does not apply.
+
+        The kernel knows nothing of the relative-position terms, so they are added afterwards from its
+        log-sum-exp: with Z0 the kernel's softmax denominator, the band's weights change from exp(s - lse)
+        to exp(s + rel - lse) and the denominator from Z0 to Z0 * (1 - sum old + sum new). Rows where that
+        factor is small (the band held most of the weight and the bias removes it) would lose precision in
+        the subtraction, and rows where exp(s + rel - lse) overflows would give NaN; both are recomputed
+        exactly with score blocks.
+        """
+        kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if kernel is None or q.device.type != "cpu" or q.size(2) != k.size(2):
+            return None
+        if causal and self.window_size is not None:
+            return None
+        out, lse = kernel(q, k, v, 0.0, causal, scale=1.0)
+        if self.window_size is None:
+            return out
+        # The correction runs in fp32 even under bf16 autocast: it exponentiates differences of log-sums.
+        dtype, w, t = out.dtype, self.window_size, q.size(2)
+        q, out = q.float(), out.float()
+        k_pad = F.pad(k.float(), (0, 0, w, w))
+        v_pad = F.pad(v.float(), (0, 0, w, w))
+        s = torch.stack([(q * k_pad[:, :, r:r + t]).sum(-1) for r in range(2 * w + 1)], dim=-1)
+        positions = torch.arange(t, device=q.device).unsqueeze(1) + torch.arange(-w, w + 1, device=q.device)
+        outside = (positions < 0) | (positions >= t)
+        rel = torch.matmul(q, self.emb_rel_k[0].float().transpose(0, 1))
+        lse = lse.float().unsqueeze(-1)
+        old = torch.exp(s - lse).masked_fill(outside, 0.0)
+        new = torch.exp(s + rel - lse).masked_fill(outside, 0.0)
+        factor = 1.0 - old.sum(-1, keepdim=True) + new.sum(-1, keepdim=True)
+        delta = new - old
+        for r in range(2 * w + 1):
+            out = out + delta[..., r:r + 1] * v_pad[:, :, r:r + t]
+        out = out / factor
+        out = out + torch.matmul(new / factor, self.emb_rel_v[0].float())
+        # Also rows where exp(s + rel - lse) overflowed (a huge positive bias): the score blocks subtract the max.
+        safe = torch.isfinite(factor) & (factor >= FUSED_MIN_FACTOR)
+        unsafe = ~safe.squeeze(-1).all(dim=1).all(dim=0)  # [T]: in any batch item or head
+        rows = torch.nonzero(unsafe).flatten().tolist()
+        if len(rows) > t // 8:
+            return None
+        for i in rows:
+            out[:, :, i:i + 1] = self._attend_block(q[:, :, i:i + 1], k.float(), v.float(), i, None, False)
+        return out.to(dtype)
 
     def _attend_block(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,

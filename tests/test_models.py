@@ -281,22 +281,87 @@ def test_relative_attention_matches_dense_reference():
     torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
 
 
-def test_long_input_switches_to_blocks_automatically():
+def test_long_padded_input_switches_to_blocks_automatically():
     torch.manual_seed(0)
     attn = MultiHeadAttention(8, 8, 2, window_size=4).eval()
     attn.block_threshold = 64 * 64  # pretend 100 frames is "long"
-    attn.block_elements = 100 * 16
+    attn.block_elements = 100 * 2 * 16  # over batch x heads: 16 query rows per block
     x = torch.randn(1, 8, 100)
+    x_mask = (torch.arange(100) < 90).float().view(1, 1, 100)  # padding: the fused kernel does not apply
     calls = []
     original = attn._attend_block
     attn._attend_block = lambda *a, **k: calls.append(a[0].size(2)) or original(*a, **k)
     with torch.no_grad():
-        out = attn(x, x)
+        out = attn(x, x, x_mask=x_mask)
     assert calls == [16] * 6 + [4]
     attn._attend_block = original
     attn.block_threshold = 10 ** 9
     with torch.no_grad():
-        torch.testing.assert_close(out, attn(x, x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, attn(x, x, x_mask=x_mask), rtol=1e-5, atol=1e-6)
+
+
+def _long_attention(**kwargs) -> MultiHeadAttention:
+    attn = MultiHeadAttention(8, 8, 2, **kwargs).eval()
+    attn.block_threshold = 64 * 64
+    attn.block_elements = 100 * 2 * 16
+    return attn
+
+
+def test_long_unmasked_input_takes_the_fused_kernel_with_a_strong_band():
+    torch.manual_seed(1)
+    attn = _long_attention(window_size=4)
+    with torch.no_grad():
+        attn.emb_rel_k.mul_(20.0)  # relative logits of several units: the band correction matters
+        attn.emb_rel_v.mul_(20.0)
+    x = torch.randn(1, 8, 100)
+    calls = []
+    original = attn._attend_block
+    attn._attend_block = lambda *a, **k: calls.append(a[3]) or original(*a, **k)
+    with torch.no_grad():
+        fused = attn(x, x, x_mask=torch.ones(1, 1, 100))  # an all-valid mask counts as none
+        attn._attend_block = original
+        blocks = attn(x, x, block_size=16)
+        one_shot = attn(x, x, block_size=100)
+    assert calls == []
+    assert (fused - blocks).abs().max() > 0  # really another computation
+    torch.testing.assert_close(fused, one_shot, rtol=0, atol=1e-5 * float(one_shot.abs().max()))
+    torch.testing.assert_close(blocks, one_shot, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_attention_recomputes_rows_whose_band_correction_is_unsafe():
+    torch.manual_seed(0)
+    attn = _long_attention(window_size=4, proximal_init=True)
+    x = torch.randn(1, 8, 100) * 0.1
+    x[:, :, 50] *= 100  # rows 50 and 70 attend almost only to themselves ...
+    x[:, :, 70] *= 100
+    with torch.no_grad():
+        q50 = attn.conv_q(x).view(1, 2, 4, 100)[0, :, :, 50].mean(0)
+        attn.emb_rel_k[0, 4] = -50 * q50 / q50.norm()  # ... and the offset-0 bias wipes out (row 50) or overflows
+    calls = []
+    original = attn._attend_block
+    attn._attend_block = lambda *a, **k: calls.append(a[3]) or original(*a, **k)
+    with torch.no_grad():
+        out = attn(x, x)
+        attn._attend_block = original
+        one_shot = attn(x, x, block_size=100)
+    assert calls == [50, 70]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, one_shot, rtol=0, atol=1e-5 * float(one_shot.abs().max()))
+
+
+def test_long_causal_attention_takes_the_fused_kernel():
+    torch.manual_seed(2)
+    attn = _long_attention(proximal_init=True)
+    x = torch.randn(1, 8, 100)
+    calls = []
+    original = attn._attend_block
+    attn._attend_block = lambda *a, **k: calls.append(a[3]) or original(*a, **k)
+    with torch.no_grad():
+        fused = attn(x, x, causal=True)
+        attn._attend_block = original
+        one_shot = attn(x, x, causal=True, block_size=100)
+    assert calls == []
+    torch.testing.assert_close(fused, one_shot, rtol=1e-5, atol=1e-6)
 
 
 def test_discriminator_width_scales_the_weights_and_keeps_the_keys():
