@@ -145,32 +145,50 @@ class MultiHeadAttention(nn.Module):
         if self.window_size is None:
             return out
         # The correction runs in fp32 even under bf16 autocast: it exponentiates differences of log-sums.
-        dtype, w, t = out.dtype, self.window_size, q.size(2)
-        q, out = q.float(), out.float()
-        k_pad = F.pad(k.float(), (0, 0, w, w))
-        v_pad = F.pad(v.float(), (0, 0, w, w))
-        s = torch.stack([(q * k_pad[:, :, r:r + t]).sum(-1) for r in range(2 * w + 1)], dim=-1)
-        positions = torch.arange(t, device=q.device).unsqueeze(1) + torch.arange(-w, w + 1, device=q.device)
+        dtype, t = out.dtype, q.size(2)
+        q, k, v, out, lse = q.float(), k.float(), v.float(), out.float(), lse.float()
+        # Row chunks keep every temporary of the correction near 4 MiB (reused heap, no fresh mmaps).
+        rows_per_chunk = max(1, self.block_elements // (q.size(0) * q.size(1) * q.size(3)))
+        unsafe = []
+        for start in range(0, t, rows_per_chunk):
+            stop = min(start + rows_per_chunk, t)
+            out[:, :, start:stop], bad = self._band_correction(q, k, v, out, lse, start, stop)
+            unsafe.extend((start + torch.nonzero(bad).flatten()).tolist())
+        if len(unsafe) > t // 8:
+            return None
+        for i in unsafe:
+            out[:, :, i:i + 1] = self._attend_block(q[:, :, i:i + 1], k, v, i, None, False)
+        return out.to(dtype)
+
+    def _band_correction(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+        start: int, stop: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows start..stop of the fused kernel's output with the relative-position terms added, and a bool
+        [stop - start] of rows whose correction is not safe (see `_attend_fused`)."""
+        w, t = self.window_size, k.size(2)
+        lo, hi = max(0, start - w), min(t, stop + w)
+        # Keys and values of rows start-w .. stop+w, zero-padded where those fall outside the sequence.
+        k_near = F.pad(k[:, :, lo:hi], (0, 0, lo - (start - w), (stop + w) - hi))
+        v_near = F.pad(v[:, :, lo:hi], (0, 0, lo - (start - w), (stop + w) - hi))
+        q_rows, n = q[:, :, start:stop], stop - start
+        s = torch.stack([(q_rows * k_near[:, :, r:r + n]).sum(-1) for r in range(2 * w + 1)], dim=-1)
+        positions = torch.arange(start, stop, device=q.device).unsqueeze(1) + torch.arange(-w, w + 1, device=q.device)
         outside = (positions < 0) | (positions >= t)
-        rel = torch.matmul(q, self.emb_rel_k[0].float().transpose(0, 1))
-        lse = lse.float().unsqueeze(-1)
-        old = torch.exp(s - lse).masked_fill(outside, 0.0)
-        new = torch.exp(s + rel - lse).masked_fill(outside, 0.0)
+        rel = torch.matmul(q_rows, self.emb_rel_k[0].float().transpose(0, 1))
+        lse_rows = lse[:, :, start:stop].unsqueeze(-1)
+        old = torch.exp(s - lse_rows).masked_fill(outside, 0.0)
+        new = torch.exp(s + rel - lse_rows).masked_fill(outside, 0.0)
         factor = 1.0 - old.sum(-1, keepdim=True) + new.sum(-1, keepdim=True)
         delta = new - old
+        rows = out[:, :, start:stop].clone()
         for r in range(2 * w + 1):
-            out = out + delta[..., r:r + 1] * v_pad[:, :, r:r + t]
-        out = out / factor
-        out = out + torch.matmul(new / factor, self.emb_rel_v[0].float())
+            rows.addcmul_(delta[..., r:r + 1], v_near[:, :, r:r + n])
+        rows.div_(factor)
+        rows.add_(torch.matmul(new / factor, self.emb_rel_v[0].float()))
         # Also rows where exp(s + rel - lse) overflowed (a huge positive bias): the score blocks subtract the max.
         safe = torch.isfinite(factor) & (factor >= FUSED_MIN_FACTOR)
-        unsafe = ~safe.squeeze(-1).all(dim=1).all(dim=0)  # [T]: in any batch item or head
-        rows = torch.nonzero(unsafe).flatten().tolist()
-        if len(rows) > t // 8:
-            return None
-        for i in rows:
-            out[:, :, i:i + 1] = self._attend_block(q[:, :, i:i + 1], k.float(), v.float(), i, None, False)
-        return out.to(dtype)
+        return rows, ~safe.squeeze(-1).all(dim=1).all(dim=0)
 
     def _attend_block(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
