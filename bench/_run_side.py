@@ -1,6 +1,7 @@
 """One synthesizer measurement in a fresh process, for `python -m bench.infer --original PATH`.
 
-Run as a script (never imported): `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO`.
+Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO` (the only
+import of it is bench/_train_side.py's, for `_import_root`).
 SIDE is "ours" or "original"; ROOT is the folder whose `models.py` and packages are imported. Both
 projects have top-level packages of the same names (`modules`, `vdecoder`, ...), so each side runs in
 its own process with only its own root on the import path.

@@ -2,11 +2,20 @@
 
     python -m bench.train                      # batch 2 and 6, segment 10240, fp32 and bf16, CPU (+ CUDA if present)
     python -m bench.train --batches 2 --precisions fp32 --steps 2
+    python -m bench.train --original ../so-vits-svc --batches 2   # side by side with a so-vits-svc 4.1 checkout
 
 Each (device, batch, precision) runs in its own subprocess so that peak memory (ru_maxrss on the
 CPU, max_memory_allocated on CUDA) belongs to that configuration alone. Batches are synthesised
 in memory before timing (synthetic singing, random units) and go through the real collate, so
 data loading is not part of the measured step. The first step is a warm-up and is not timed.
+
+With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) the checkout's
+training step and ours run side by side at fp32: both read the same config (`--config` with
+`--segment` written in) and the same batch, saved once per batch size. The checkout's train.py needs
+CUDA and keeps its step inside a function, so bench/_train_side.py assembles that step at run time
+from the checkout's models, losses, mel and commons modules; nothing of it is part of this repository.
+Every run is a fresh process importing only its own project; runs alternate original, ours, ...
+`--repeats` times (default 3) and the table shows medians: case | original | ours | ours/original.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from modules.config import PROJECT_ROOT
 
@@ -124,6 +134,114 @@ def _format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------- side by side (--original)
+
+SIDE_RUNNER = Path(__file__).resolve().parent / "_train_side.py"
+# What the side runner imports from a checkout.
+CHECKOUT_FILES = ("models.py", "utils.py", "modules/losses.py", "modules/mel_processing.py", "modules/commons.py")
+
+
+def write_compare_config(source: str | os.PathLike, dest: Path, segment: int) -> Path:
+    """`source` merged with the template and `train.segment_size` = `segment`, as one file for both sides."""
+    from modules.config import load_config, save_config
+
+    hps = load_config(source)
+    hps.train.segment_size = segment
+    if float(hps.model.discriminator_width) != 1.0:
+        logging.warning("%s: model.discriminator_width is %s, but the original's discriminator is always full "
+                        "width; the two sides train different discriminators", source, hps.model.discriminator_width)
+    save_config(hps, dest)
+    return dest
+
+
+def write_batch(hps, batch_size: int, seconds: float, path: Path) -> Path:
+    """One collated synthetic batch as an .npz (vol only when the config embeds volume)."""
+    import numpy as np
+
+    batch = _make_batch(hps, batch_size, seconds, seed=1)
+    arrays = {k: getattr(batch, k).numpy() for k in ("units", "f0", "spec", "audio", "speaker", "lengths", "uv")}
+    if batch.vol is not None:
+        arrays["vol"] = batch.vol.numpy()
+    np.savez(path, **arrays)
+    return path
+
+
+def run_train_side(side: str, root: Path, config: Path, inputs: Path, device: str, threads: int, steps: int) -> dict:
+    """One fresh-process measurement of one side (bench/_train_side.py)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # each side imports only its own project
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, str(SIDE_RUNNER), side, str(root), str(config), str(inputs), device, str(threads), str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{side} training step failed in {root}:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def _train_cell(runs: list[dict]) -> tuple[str, float, float]:
+    t = statistics.median(r["s_per_step"] for r in runs)
+    mb = statistics.median(r["peak_mb"] for r in runs)
+    return f"{t:.2f} s/step, {mb / 1024:.2f} GB", t, mb
+
+
+def compare_table(rows: list[dict]) -> str:
+    """Markdown table: case | original | ours | ours/original (medians over the repeats)."""
+    lines = ["| case | original | ours | ours/original |", "|---|---|---|---|"]
+    for row in rows:
+        case = f"training step, batch {row['batch']}, segment {row['segment']}"
+        if row["device"] != "cpu":
+            case += f" ({row['device']})"
+        orig, t_orig, mb_orig = _train_cell(row["original"])
+        ours, t_ours, mb_ours = _train_cell(row["ours"])
+        lines.append(f"| {case} | {orig} | {ours} | time {t_ours / t_orig:.2f}, memory {mb_ours / mb_orig:.2f} |")
+    return "\n".join(lines)
+
+
+def compare(args: argparse.Namespace) -> int:
+    from modules.config import load_config
+
+    original = Path(args.original).resolve()
+    missing = [name for name in CHECKOUT_FILES if not (original / name).is_file()]
+    if missing:
+        print(f"{original}: not a so-vits-svc 4.1 checkout (missing {', '.join(missing)})", file=sys.stderr)
+        return 2
+    ours = Path(PROJECT_ROOT).resolve()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="svc-bench-train-") as tmp_name:
+        tmp = Path(tmp_name)
+        config = write_compare_config(args.config, tmp / "config.json", args.segment)
+        hps = load_config(config)
+        for device in args.devices or ["cpu"]:
+            for batch in args.batches:
+                inputs = write_batch(hps, batch, args.seconds, tmp / f"batch_{batch}.npz")
+                runs: dict[str, list[dict]] = {"original": [], "ours": []}
+                for _ in range(args.repeats):
+                    for side in ("original", "ours"):
+                        try:
+                            runs[side].append(run_train_side(side, original if side == "original" else ours,
+                                                             config, inputs, device, args.threads, args.steps))
+                        except RuntimeError as e:
+                            print(e, file=sys.stderr)
+                            return 1
+                        print(f"batch {batch} {side}: {runs[side][-1]}", flush=True)
+                rows.append({"device": device, "batch": batch, "segment": args.segment, **runs})
+    print()
+    print(f"fp32, {args.seconds:g} s clips, median of {args.steps} steps after a warm-up per process, "
+          f"median of {args.repeats} processes per side")
+    print(compare_table(rows))
+    for row in rows:
+        first = {side: (row[side][0]["loss_d"], row[side][0]["loss_g"]) for side in ("original", "ours")}
+        print(f"batch {row['batch']}, first step losses D / G: original {first['original'][0]:.4g} / "
+              f"{first['original'][1]:.4g}, ours {first['ours'][0]:.4g} / {first['ours'][1]:.4g}")
+    if args.json:
+        from modules.atomic_write import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(PROJECT_ROOT / "configs_template" / "config_template.json"),
@@ -139,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force_half", action="store_true",
                    help="run bf16/fp16 on a CPU without native half kernels too (very slow)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--original", default=None, metavar="PATH",
+                   help="a so-vits-svc 4.1 checkout: time its training step and ours side by side, fp32 (see above)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="with --original: fresh processes per side and batch, alternating (median; default 3)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="with --original: torch CPU threads in both sides (default 0: torch's own choice)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one configuration as JSON
     return p
 
@@ -150,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.worker)
         print("RESULT " + json.dumps(run_one(**spec)))
         return 0
+    if args.original:
+        return compare(args)
     import torch
 
     devices = args.devices
