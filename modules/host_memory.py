@@ -23,10 +23,13 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit (4 MiB x sizeof(long)); larger values are refused.
 MMAP_THRESHOLD_MAX = 32 * 2**20
-# Free heap memory kept for reuse before the top of the heap is given back to the kernel: more than one
-# decoder window's working set (a few hundred MB at the default config). Measured at 60 s: 256 MiB gives
-# the faults of 1 GiB with 0.25 GB less peak memory; 128 MiB triples the faults.
-TRIM_THRESHOLD = 256 * 2**20
+# Free heap memory kept for reuse before the top of the heap is given back to the kernel. The decoder's
+# stage outputs come in several sizes (16-30 MB), so freed blocks do not always fit the next request and
+# the heap grows in steps; with a small threshold it is then trimmed by a few hundred MB and faulted in
+# again. Measured with 2 threads at 60 s: 256 MiB gave 0.51 M faults (1.24 GB peak), 1 GiB 0.23 M
+# (1.29 GB); at 150 s, 1 GiB leaves every window after the second without faults where 256 MiB gave up
+# to 0.25 M per window. `release_freed_memory` gives the kept memory back once a whole conversion is done.
+TRIM_THRESHOLD = 2**30
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -60,3 +63,17 @@ def reuse_freed_memory() -> bool:
     if not ok:
         logger.warning("glibc refused the allocator settings (mallopt); long pieces may run slower")
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Give free heap memory back to the kernel now (glibc's malloc_trim); True when some was released.
+
+    For the end of a conversion: a long-running process (the web UI) then does not keep the heap that
+    `reuse_freed_memory` lets grow while a piece is synthesized.
+    """
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc.malloc_trim(0) == 1

@@ -32,6 +32,7 @@ from modules.config import HParams, load_config
 from modules.device import inference_dtype, resolve_device
 from modules.errors import InferenceError
 from modules.frame_features import repeat_expand_2d, volume
+from modules.host_memory import release_freed_memory
 from modules.inference_chunked import (
     ExcitationStream,
     ReceptiveField,
@@ -338,6 +339,7 @@ class SvcEngine:
                 stats.frames += len(src) // self.hop_length
         if stats is not None:
             stats.pieces += len(pieces)
+        release_freed_memory()
         return out.audio
 
     def _convert_piece(

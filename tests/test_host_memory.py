@@ -47,6 +47,31 @@ def test_freed_buffers_are_reused_instead_of_refaulted():
     assert on["faults"] < pages // 20
 
 
+_RELEASE = textwrap.dedent("""
+    import json, os
+    from modules.host_memory import release_freed_memory, reuse_freed_memory
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    reuse_freed_memory()
+    bufs = [bytearray(20 * 2**20) for _ in range(3)]
+    for b in bufs:
+        b[::4096] = b"\\1" * len(b[::4096])
+    del bufs
+    kept = rss_mb()
+    released = release_freed_memory()
+    print(json.dumps({"kept": kept, "after": rss_mb(), "released": released}))
+""")
+
+
+@pytest.mark.skipif(_glibc() is None, reason="the settings exist only in glibc")
+def test_kept_heap_memory_is_given_back_on_release():
+    out = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["released"] is True
+    assert result["kept"] - result["after"] > 30  # most of the 60 MiB freed but kept for reuse, now returned
+
+
 def _max_activation_per_frame(gen: torch.nn.Module, frames: int, gin: int) -> float:
     """Largest output of any decoder module, in values per input frame (forward hooks)."""
     widest = [0]
