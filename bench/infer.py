@@ -73,15 +73,13 @@ def run_case(seconds: float, mode: str, device_name: str, threads: int, chunk_fr
 
     from models import SynthesizerTrn
     from modules.config import HParams, load_template
-    from modules.inference import PieceFeatures, SvcEngine
+    from modules.inference import PieceFeatures, SvcEngine, prepare_for_synthesis
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     hps = HParams(**load_template())
     torch.manual_seed(0)
-    model = SynthesizerTrn.from_hparams(hps)
-    model.remove_weight_norm()
-    model = model.to(device).eval()
+    model = prepare_for_synthesis(SynthesizerTrn.from_hparams(hps)).to(device)
     engine = SvcEngine(model, hps, device, encoder=object(), chunk_frames=chunk_frames, fast=(mode == "fast"))
     if mode == "fast" and not engine.fast:  # no native bf16: the engine would run fp32 anyway
         return {"seconds": seconds, "mode": "fast", "device": device_name, "threads": threads, "compute_s": None,

@@ -101,7 +101,8 @@ class ConversionStats:
 def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLike
                      ) -> tuple[torch.nn.Module, HParams]:
     """The synthesizer of a G checkpoint for inference: built from its config, loaded strictly (only the
-    training-only enc_q may be absent), weight norm folded, eval mode, no gradients."""
+    training-only enc_q may be absent, and it is dropped after loading), weight norm folded, eval mode, no
+    gradients."""
     from models import SynthesizerTrn
 
     hps = load_config(config_path)
@@ -110,11 +111,19 @@ def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLi
     model = SynthesizerTrn.from_hparams(hps)
     load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
                  hint=f"pass the config.json the model was trained with (-c, now {config_path})")
+    return prepare_for_synthesis(model), hps
+
+
+def prepare_for_synthesis(model: torch.nn.Module) -> torch.nn.Module:
+    """A loaded SynthesizerTrn made ready for synthesis, in place: posterior encoder dropped (synthesis never
+    runs it: 46 MB of weights at the default config), weight norm folded, eval mode, no gradients."""
+    if hasattr(model, "enc_q"):
+        del model.enc_q
     model.remove_weight_norm()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, hps
+    return model
 
 
 class SvcEngine:
