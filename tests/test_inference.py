@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import inference_main
+from modules import inference
 from modules.config import HParams, load_template
 from modules.errors import InferenceError
 from modules.inference import ConvertOptions, PieceFeatures, SvcEngine
@@ -195,13 +196,13 @@ def test_time_varying_speaker_chunked_equals_whole(engine):
 
 def test_transpose_twelve_doubles_the_decoder_f0(engine, monkeypatch):
     seen: list[torch.Tensor] = []
-    original = engine.model.dec.excitation
 
-    def spy(f0):
-        seen.append(f0.clone())
-        return original(f0)
+    class SpyStream(ExcitationStream):  # the engine makes the decoder's excitation through this class
+        def __init__(self, source, f0, hop, block_frames=512):
+            seen.append(f0.clone())
+            super().__init__(source, f0, hop, block_frames)
 
-    monkeypatch.setattr(engine.model.dec, "excitation", spy)
+    monkeypatch.setattr(inference, "ExcitationStream", SpyStream)
     audio = _voice(1.5, 44100)
     for t in (0, 12):
         engine.convert(audio, 44100, ConvertOptions(speaker="alto", transpose=t, slicing=False, pad_seconds=0.1))
