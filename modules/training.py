@@ -50,6 +50,7 @@ from modules.distributed import DistContext, cleanup_distributed, setup_distribu
 from modules.errors import DatasetError, TrainingError
 from modules.frame_features import mel_spectrogram, spec_to_mel
 from modules.gan import JointDiscriminator, adversarial_backward, discriminator_backward
+from modules.host_memory import TRAINING_TRIM_THRESHOLD, reuse_freed_memory
 from modules.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,8 @@ class Trainer:
         self.nan_streak = 0
         self.last_saved_step: int | None = None
 
+        if self.device.type == "cpu":  # keep the heap memory a step frees for the next step (no re-faulting)
+            reuse_freed_memory(TRAINING_TRIM_THRESHOLD)
         torch.manual_seed(hps.train.seed)  # identical initial weights on every rank
         self.net_g: nn.Module = SynthesizerTrn.from_hparams(hps).to(self.device)
         if discriminator_factory is None:
