@@ -328,7 +328,8 @@ def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor, fma
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A discriminator's body: leaky-ReLU convs, then the output conv; every output joins the feature maps."""
     for conv in convs:
-        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        # In place: a convolution keeps its input, not its output, so the activation is the only copy.
+        x = F.leaky_relu(conv(x), LRELU_SLOPE, inplace=True)
         fmap.append(x)
     x = conv_post(x)
     fmap.append(x)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import fused_add_tanh_sigmoid_multiply, weight_norm
+from modules.lean_autograd import Dropout, dropout_matmul, relu_dropout_conv
 
 # Above this many score entries per (batch, head) the attention is computed in query blocks.
 BLOCK_THRESHOLD = 2048 * 2048
@@ -73,7 +74,7 @@ class MultiHeadAttention(nn.Module):
         self.conv_k = nn.Conv1d(channels, channels, 1)
         self.conv_v = nn.Conv1d(channels, channels, 1)
         self.conv_o = nn.Conv1d(channels, out_channels, 1)
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = Dropout(p_dropout)
         for conv in (self.conv_q, self.conv_k, self.conv_v):
             nn.init.xavier_uniform_(conv.weight)
         if proximal_init:
@@ -203,8 +204,7 @@ class MultiHeadAttention(nn.Module):
         mask = self._block_mask(start, n, t_k, key_valid, causal, q.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, MASK_VALUE)
-        p_attn = self.drop(F.softmax(scores, dim=-1))
-        out = torch.matmul(p_attn, v)
+        out, p_attn = dropout_matmul(F.softmax(scores, dim=-1), v, self.drop)
         if self.window_size is not None:
             band = self._full_to_band(p_attn, start)
             out = out + torch.matmul(band, self.emb_rel_v[0])
@@ -260,19 +260,20 @@ class FFN(nn.Module):
         self.causal = causal
         self.conv_1 = nn.Conv1d(in_channels, filter_channels, kernel_size)
         self.conv_2 = nn.Conv1d(filter_channels, out_channels, kernel_size)
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = Dropout(p_dropout)
+
+    def _padding(self) -> tuple[int, int]:
+        if self.causal:
+            return self.kernel_size - 1, 0
+        return (self.kernel_size - 1) // 2, self.kernel_size // 2
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_size == 1:
-            return x
-        if self.causal:
-            return F.pad(x, (self.kernel_size - 1, 0))
-        return F.pad(x, ((self.kernel_size - 1) // 2, self.kernel_size // 2))
+        return x if self.kernel_size == 1 else F.pad(x, self._padding())
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         x = self.conv_1(self._pad(x * x_mask))
-        x = self.drop(torch.relu(x))
-        x = self.conv_2(self._pad(x * x_mask))
+        # conv_2(pad(drop(relu(x)) * x_mask)), keeping less for the backward pass when training
+        x = relu_dropout_conv(x, x_mask, self.conv_2, self._padding(), self.drop)
         return x * x_mask
 
 
@@ -285,7 +286,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.n_layers = n_layers
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = Dropout(p_dropout)
         self.attn_layers = nn.ModuleList()
         self.norm_layers_1 = nn.ModuleList()
         self.ffn_layers = nn.ModuleList()
@@ -327,7 +328,7 @@ class FFT(nn.Module):
         if gin_channels > 0:
             self.cond_pre = nn.Conv1d(hidden_channels, 2 * hidden_channels, 1)
             self.cond_layer = weight_norm(nn.Conv1d(gin_channels, 2 * hidden_channels * n_layers, 1))
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = Dropout(p_dropout)
         self.self_attn_layers = nn.ModuleList()
         self.norm_layers_0 = nn.ModuleList()
         self.ffn_layers = nn.ModuleList()

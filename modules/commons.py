@@ -35,6 +35,22 @@ def has_weight_norm(module: nn.Module) -> bool:
     return any(isinstance(hook, WeightNorm) for hook in module._forward_pre_hooks.values())
 
 
+def release_weight_norm_cache(root: nn.Module) -> None:
+    """Drop the weights that legacy weight norm computed at the last forward pass under `root`.
+
+    The hook stores `v * g / |v|` as the module's plain `weight` attribute and keeps it until the next
+    call, which computes it again first: between training steps (and between discriminator members)
+    that copy is dead memory, as large as the weights themselves. Parameters and state dicts are
+    unaffected; the next forward pass restores the attribute.
+    """
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for module in root.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm) and isinstance(getattr(module, hook.name, None), torch.Tensor):
+                setattr(module, hook.name, None)
+
+
 def remove_all_weight_norm(root: nn.Module) -> int:
     """Fold every legacy weight norm under `root` into a plain `weight`; returns how many were folded.
 

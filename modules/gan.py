@@ -3,11 +3,22 @@
 - Generator step: the real audio runs through each sub-discriminator without gradients (its feature
   maps are only targets), the fake with gradients.
 - Discriminator step: each sub-discriminator runs once on real and fake stacked along the batch.
+- One sub-discriminator at a time (`discriminator_backward`, `adversarial_backward`): every loss term
+  belongs to one sub-discriminator and the losses are plain sums over them, so back-propagating each
+  member's terms right after its forward pass gives the gradients of one backward pass of the sum,
+  while only one member's activations are alive at a time.
 """
 from __future__ import annotations
 
+from typing import Callable, ContextManager
+
 import torch
 from torch import nn
+
+from modules import losses
+from modules.commons import release_weight_norm_cache
+
+Backward = Callable[[torch.Tensor], None]
 
 
 def _sub_discriminators(net_d: nn.Module) -> list[nn.Module] | None:
@@ -63,3 +74,77 @@ def discriminate_for_generator(net_d: nn.Module, y: torch.Tensor, y_hat: torch.T
         fmap_real.append(f_real)
         fmap_fake.append(f_fake)
     return fake, fmap_real, fmap_fake
+
+
+def discriminator_backward(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tensor, backward: Backward,
+                           autocast: Callable[[], ContextManager]) -> tuple[torch.Tensor, list[float], list[float]]:
+    """The discriminator step's LSGAN loss, back-propagated one member at a time (y_hat detached here).
+
+    `backward(loss)` runs the backward pass (e.g. through a GradScaler). Returns what
+    losses.discriminator_loss returns, the total detached: the same value, summed in the same order.
+    Needs the `discriminators` list (see JointDiscriminator); a single backward pass of the summed
+    loss is done otherwise.
+    """
+    subs = _sub_discriminators(net_d)
+    y_hat = y_hat.detach()
+    if subs is None:
+        with autocast():
+            real, fake, _, _ = net_d(y, y_hat)
+        total, real_parts, fake_parts = losses.discriminator_loss(real, fake)
+        backward(total)
+        return total.detach(), real_parts, fake_parts
+    n = y.size(0)
+    both = torch.cat([y, y_hat.to(y.dtype)], dim=0)
+    total = torch.zeros((), device=y.device)
+    real_parts: list[float] = []
+    fake_parts: list[float] = []
+    for d in subs:
+        with autocast():
+            out, _ = d(both)
+        real_loss, fake_loss = losses.discriminator_terms(out[:n], out[n:])
+        del out
+        backward(real_loss + fake_loss)
+        release_weight_norm_cache(d)  # this member's computed weights are not needed again in this pass
+        real_loss, fake_loss = real_loss.detach(), fake_loss.detach()
+        total = total + real_loss + fake_loss
+        real_parts.append(float(real_loss))
+        fake_parts.append(float(fake_loss))
+    return total, real_parts, fake_parts
+
+
+def adversarial_backward(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tensor, backward: Backward,
+                         autocast: Callable[[], ContextManager]
+                         ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The generator's adversarial and feature-matching losses, back-propagated as far as y_hat.
+
+    The discriminator runs on a detached copy of y_hat, member by member; `backward(loss)` accumulates
+    that copy's gradient. Returns (gradient for y_hat, loss_gen, loss_fm): the generator's backward pass
+    then takes y_hat with that gradient together with its other losses, in one pass through the
+    generator. The losses are detached and equal losses.generator_loss / losses.feature_loss.
+    The discriminator's weights should be frozen (requires_grad False): nothing here needs their
+    gradients.
+    """
+    leaf = y_hat.detach().requires_grad_(True)
+    subs = _sub_discriminators(net_d)
+    if subs is None:
+        with autocast():
+            fake, fmap_real, fmap_fake = discriminate_for_generator(net_d, y, leaf)
+        loss_gen, _ = losses.generator_loss(fake)
+        loss_fm = losses.feature_loss(fmap_real, fmap_fake)
+        backward(loss_gen + loss_fm)
+        return leaf.grad, loss_gen.detach(), loss_fm.detach()
+    gen_parts: list[torch.Tensor] = []
+    fm_terms: list[torch.Tensor] = []
+    for d in subs:
+        with autocast():
+            with torch.no_grad():
+                _, fmap_real = d(y)
+            out, fmap_fake = d(leaf)
+        gen = losses.generator_term(out)
+        terms = losses.feature_terms(fmap_real, fmap_fake)
+        del out, fmap_real, fmap_fake
+        backward(gen + losses.FEATURE_WEIGHT * torch.stack(terms).sum())
+        release_weight_norm_cache(d)
+        gen_parts.append(gen.detach())
+        fm_terms.extend(t.detach() for t in terms)
+    return leaf.grad, torch.stack(gen_parts).sum(), losses.FEATURE_WEIGHT * torch.stack(fm_terms).sum()

@@ -1,4 +1,5 @@
-"""Host allocator settings for long syntheses: keep freed buffers for reuse instead of re-faulting them.
+"""Host allocator settings for long syntheses and training: keep freed buffers for reuse instead of
+re-faulting them.
 
 glibc serves a block of at least the mmap threshold with a fresh mmap, which the kernel zero-fills page
 by page on first touch and which is unmapped again on free. Its default threshold starts at 128 KiB and
@@ -8,6 +9,7 @@ allocates and frees tens of MB per op, so by default a long piece spends a large
 page faults (millions of minor faults for a minute of audio). Fixing the threshold at its maximum and
 raising the trim threshold keeps blocks below 32 MiB in heap memory that is reused from op to op;
 modules.inference_chunked sizes the decoder windows so that its activations stay below that size.
+Training (modules.training, on the CPU) also keeps the heap's free top between steps.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ MMAP_THRESHOLD_MAX = 32 * 2**20
 # (1.29 GB); at 150 s, 1 GiB leaves every window after the second without faults where 256 MiB gave up
 # to 0.25 M per window. `release_freed_memory` gives the kept memory back once a whole conversion is done.
 TRIM_THRESHOLD = 2**30
+# Training: every step allocates and frees the same few GB, so the free top of the heap is kept whole
+# (the largest value mallopt takes). Otherwise glibc hands about a GB back after each step and the next
+# step faults it in again (~0.3 million faults, a few percent of a CPU step at the default config).
+TRAINING_TRIM_THRESHOLD = 2**31 - 1
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -46,8 +52,8 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def reuse_freed_memory() -> bool:
-    """Fix glibc's mmap threshold at its maximum and keep up to TRIM_THRESHOLD of freed heap memory.
+def reuse_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at its maximum and keep up to `trim_threshold` bytes of freed heap memory.
 
     Process-wide and idempotent. Returns whether the settings were applied (False on other C libraries,
     where the call changes nothing).
@@ -59,9 +65,9 @@ def reuse_freed_memory() -> bool:
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
-    ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
     if not ok:
-        logger.warning("glibc refused the allocator settings (mallopt); long pieces may run slower")
+        logger.warning("glibc refused the allocator settings (mallopt); this process may run slower")
     return ok
 
 

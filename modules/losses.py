@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from modules.frame_features import mel_spectrogram, spec_to_mel
 
+FEATURE_WEIGHT = 2.0  # the feature-matching sum is doubled
+
 
 def discriminator_loss(
     real_outputs: Sequence[torch.Tensor], fake_outputs: Sequence[torch.Tensor]
@@ -27,17 +29,26 @@ def discriminator_loss(
     real_parts: list[float] = []
     fake_parts: list[float] = []
     for real, fake in zip(real_outputs, fake_outputs):
-        real_loss = torch.mean((1.0 - real.float()) ** 2)
-        fake_loss = torch.mean(fake.float() ** 2)
+        real_loss, fake_loss = discriminator_terms(real, fake)
         total = total + real_loss + fake_loss
         real_parts.append(float(real_loss.detach()))
         fake_parts.append(float(fake_loss.detach()))
     return total, real_parts, fake_parts
 
 
+def discriminator_terms(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One discriminator's LSGAN terms: (mean((1-D(y))^2), mean(D(y_hat)^2))."""
+    return torch.mean((1.0 - real.float()) ** 2), torch.mean(fake.float() ** 2)
+
+
+def generator_term(fake: torch.Tensor) -> torch.Tensor:
+    """One discriminator's LSGAN generator term: mean((1-D(y_hat))^2)."""
+    return torch.mean((1.0 - fake.float()) ** 2)
+
+
 def generator_loss(fake_outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """LSGAN generator loss: sum over discriminators of mean((1-D(y_hat))^2)."""
-    parts = [torch.mean((1.0 - fake.float()) ** 2) for fake in fake_outputs]
+    parts = [generator_term(fake) for fake in fake_outputs]
     return torch.stack(parts).sum(), parts
 
 
@@ -48,9 +59,13 @@ def feature_loss(real_maps: Sequence[Sequence[torch.Tensor]], fake_maps: Sequenc
     """
     terms = []
     for real_list, fake_list in zip(real_maps, fake_maps):
-        for real, fake in zip(real_list, fake_list):
-            terms.append(torch.mean(torch.abs(real.detach().float() - fake.float())))
-    return 2.0 * torch.stack(terms).sum()
+        terms.extend(feature_terms(real_list, fake_list))
+    return FEATURE_WEIGHT * torch.stack(terms).sum()
+
+
+def feature_terms(real_maps: Sequence[torch.Tensor], fake_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One discriminator's feature-matching terms, mean |f_real - f_fake| per map (real maps detached)."""
+    return [torch.mean(torch.abs(real.detach().float() - fake.float())) for real, fake in zip(real_maps, fake_maps)]
 
 
 def kl_loss(

@@ -42,14 +42,15 @@ from modules.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from modules.commons import slice_segments
+from modules.commons import release_weight_norm_cache, slice_segments
 from modules.config import HParams, load_config
 from modules.data import Batch, ClipDataset, default_num_workers, make_loader
 from modules.device import cpu_has_fast_half, resolve_device
 from modules.distributed import DistContext, cleanup_distributed, setup_distributed
 from modules.errors import DatasetError, TrainingError
 from modules.frame_features import mel_spectrogram, spec_to_mel
-from modules.gan import JointDiscriminator, discriminate_for_generator
+from modules.gan import JointDiscriminator, adversarial_backward, discriminator_backward
+from modules.host_memory import TRAINING_TRIM_THRESHOLD, reuse_freed_memory
 from modules.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,8 @@ class Trainer:
         self.nan_streak = 0
         self.last_saved_step: int | None = None
 
+        if self.device.type == "cpu":  # keep the heap memory a step frees for the next step (no re-faulting)
+            reuse_freed_memory(TRAINING_TRIM_THRESHOLD)
         torch.manual_seed(hps.train.seed)  # identical initial weights on every rank
         self.net_g: nn.Module = SynthesizerTrn.from_hparams(hps).to(self.device)
         if discriminator_factory is None:
@@ -262,6 +265,11 @@ class Trainer:
             self.g_train, self.d_train = self.net_g, JointDiscriminator(self.net_d)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        # The speaker embedding the f0 decoder received in the last forward pass (see train_step).
+        self._f0_speaker: torch.Tensor | None = None
+        f0_decoder = getattr(self.net_g, "f0_decoder", None)
+        if isinstance(f0_decoder, nn.Module):
+            f0_decoder.register_forward_pre_hook(self._capture_f0_speaker, with_kwargs=True)
 
         self.writer = self.writer_eval = None
         if self.ctx.is_main and self.options.tensorboard:
@@ -402,6 +410,30 @@ class Trainer:
             return 0.0
         return float(torch.nn.utils.get_total_norm(grads))
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _capture_f0_speaker(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        spk = kwargs.get("spk_emb")
+        self._f0_speaker = spk if torch.is_grad_enabled() and torch.is_tensor(spk) and spk.requires_grad else None
+
+    def _f0_backward(self, loss_lf0: torch.Tensor, speaker: torch.Tensor | None) -> torch.Tensor | None:
+        """Back-propagate the f0 decoder's loss now, as far as its speaker-embedding input; returns that
+        input's gradient (None: not split, the loss must join the main backward pass).
+
+        The f0 decoder takes the units detached, so its loss reaches the rest of the generator only through
+        the speaker embedding: its graph can be freed right after the forward pass instead of being kept
+        through the discriminator step. Under DDP the generator keeps one backward pass per forward pass.
+        """
+        if self.ctx.distributed or speaker is None:
+            return None
+        params = [p for p in self.net_g.f0_decoder.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(self.scaler.scale(loss_lf0), params + [speaker], allow_unused=True)
+        for p, grad in zip(params, grads):
+            if grad is not None:
+                p.grad = grad if p.grad is None else p.grad + grad
+        return grads[-1]
+
     def train_step(self, batch: Batch, want_norms: bool = False) -> StepResult:
         """One discriminator and one generator update on `batch` (already on the device)."""
         hps = self.hps
@@ -416,6 +448,13 @@ class Trainer:
                 batch.units, batch.f0, batch.uv, batch.spec, g=batch.speaker, c_lengths=batch.lengths,
                 spec_lengths=batch.lengths, vol=batch.vol,
             )
+        f0_speaker, self._f0_speaker = self._f0_speaker, None
+        self.optim_g.zero_grad(set_to_none=True)
+        loss_lf0 = grad_f0_speaker = None
+        if pred_lf0 is not None:
+            loss_lf0 = losses.lf0_loss(pred_lf0, lf0)
+            grad_f0_speaker = self._f0_backward(loss_lf0, f0_speaker)
+            del pred_lf0
         y = slice_segments(batch.audio, ids_slice * hop, hps.train.segment_size)
         spec_slice = slice_segments(batch.spec, ids_slice, seg_frames)
         loss_mel_raw, y_mel, y_hat_mel = losses.mel_l1_loss(
@@ -424,50 +463,66 @@ class Trainer:
         )
 
         # Discriminator update.
-        with self._autocast():
-            d_real, d_fake = self.d_train(y, y_hat.detach())
-        loss_disc, real_parts, fake_parts = losses.discriminator_loss(d_real, d_fake)
-        values: dict[str, float] = {"d/total": float(loss_disc.detach())}
-        if self._any_rank(not math.isfinite(values["d/total"])):
-            return self._skip(batch, values, start)
         self.optim_d.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_disc).backward()
+        if self.ctx.distributed:  # DDP wants one backward pass per forward pass: all members at once
+            with self._autocast():
+                d_real, d_fake = self.d_train(y, y_hat.detach())
+            loss_disc, real_parts, fake_parts = losses.discriminator_loss(d_real, d_fake)
+            del d_real, d_fake
+            values: dict[str, float] = {"d/total": float(loss_disc.detach())}
+            if self._any_rank(not math.isfinite(values["d/total"])):
+                return self._skip(batch, values, start)
+            self._backward(loss_disc)
+        else:  # one member at a time, only its activations alive (same gradients)
+            loss_disc, real_parts, fake_parts = discriminator_backward(self.net_d, y, y_hat, self._backward,
+                                                                       self._autocast)
+            values = {"d/total": float(loss_disc)}
+            if not math.isfinite(values["d/total"]):
+                return self._skip(batch, values, start)
         grad_norm_d = self._grad_norm(self.net_d, self.optim_d) if want_norms else None
         self.scaler.step(self.optim_d)
         # Free the gradients now instead of at the next zero_grad: G's and D's are then never alive at the
         # same time, nor during the forward passes (about 0.4 GB less peak memory with the default model).
         self.optim_d.zero_grad(set_to_none=True)
-        del d_real, d_fake
 
-        # Generator update; the discriminator is frozen so no weight gradients are built for it.
+        # Generator update. The adversarial and feature-matching losses are back-propagated through the
+        # frozen discriminator (no weight gradients built for it) as far as y_hat first, one member at a
+        # time; the generator's backward pass then takes y_hat with that gradient and the other losses.
         self.net_d.requires_grad_(False)
         try:
-            with self._autocast():
-                d_fake, fmap_real, fmap_fake = discriminate_for_generator(self.net_d, y, y_hat)
-            loss_fm = losses.feature_loss(fmap_real, fmap_fake)
-            loss_gen, _ = losses.generator_loss(d_fake)
-            loss_mel = loss_mel_raw * hps.train.c_mel
-            loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
-            total = loss_gen + loss_fm + loss_mel + loss_kl
-            parts = {"g/gen": loss_gen, "g/fm": loss_fm, "g/mel": loss_mel, "g/kl": loss_kl, "g/mel_l1": loss_mel_raw}
-            if pred_lf0 is not None:
-                parts["g/lf0"] = losses.lf0_loss(pred_lf0, lf0)
-                total = total + parts["g/lf0"]
-            parts["g/total"] = total
-            # One device-to-host copy for all the logged losses: on a GPU each float() would wait for the
-            # queue to drain separately.
-            numbers = torch.stack([v.detach().float().reshape(()) for v in parts.values()]).tolist()
-            values.update(zip(parts, numbers))
-            if self._any_rank(not math.isfinite(values["g/total"])):
-                return self._skip(batch, values, start)
-            self.optim_g.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            grad_y_hat, loss_gen, loss_fm = adversarial_backward(self.net_d, y, y_hat, self._backward,
+                                                                 self._autocast)
         finally:
             self.net_d.requires_grad_(True)
+        loss_mel = loss_mel_raw * hps.train.c_mel
+        loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
+        rest = loss_mel + loss_kl  # the losses whose gradients start in the generator's own graph
+        total = loss_gen + loss_fm + loss_mel.detach() + loss_kl.detach()
+        parts = {"g/gen": loss_gen, "g/fm": loss_fm, "g/mel": loss_mel, "g/kl": loss_kl, "g/mel_l1": loss_mel_raw}
+        tensors, grads = [y_hat], [grad_y_hat]
+        if loss_lf0 is not None:
+            parts["g/lf0"] = loss_lf0
+            total = total + loss_lf0.detach()
+            if grad_f0_speaker is None:
+                rest = rest + loss_lf0
+            else:  # already back-propagated as far as the speaker embedding
+                tensors.append(f0_speaker)
+                grads.append(grad_f0_speaker)
+        parts["g/total"] = total
+        # One device-to-host copy for all the logged losses: on a GPU each float() would wait for the
+        # queue to drain separately.
+        numbers = torch.stack([v.detach().float().reshape(()) for v in parts.values()]).tolist()
+        values.update(zip(parts, numbers))
+        if self._any_rank(not math.isfinite(values["g/total"])):
+            return self._skip(batch, values, start)
+        torch.autograd.backward([self.scaler.scale(rest)] + tensors, [None] + grads)
+        del tensors, grads, grad_y_hat, grad_f0_speaker, f0_speaker
         grad_norm_g = self._grad_norm(self.net_g, self.optim_g) if want_norms else None
         self.scaler.step(self.optim_g)
         self.scaler.update()
         self.optim_g.zero_grad(set_to_none=True)
+        for net in (self.net_g, self.net_d):  # the weight-norm copies would otherwise live until the next step
+            release_weight_norm_cache(net)
         self.nan_streak = 0
         extras = {"y_mel": y_mel.detach(), "y_hat_mel": y_hat_mel.detach(), "real_parts": real_parts,
                   "fake_parts": fake_parts}

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import LRELU_SLOPE, get_padding, remove_all_weight_norm, weight_norm
+from modules.lean_autograd import leaky_relu_conv
 
 ACTIVATIONS = ("leaky_relu", "snake")
 
@@ -174,15 +175,15 @@ class ResBlock1(nn.Module):
         if activation == "snake":
             self.activations = nn.ModuleList([SnakeAlias(channels) for _ in range(2 * len(dilation))])
 
-    def _act(self, index: int, x: torch.Tensor) -> torch.Tensor:
+    def _act_conv(self, index: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "activations"):
-            return self.activations[index](x)
-        return F.leaky_relu(x, LRELU_SLOPE)
+            return conv(self.activations[index](x))
+        return leaky_relu_conv(conv, x, LRELU_SLOPE)  # keeps x, not the activation, for the backward pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            xt = c1(self._act(2 * i, x))
-            xt = c2(self._act(2 * i + 1, xt))
+            xt = self._act_conv(2 * i, c1, x)
+            xt = self._act_conv(2 * i + 1, c2, xt)
             x = xt + x
         return x
 
@@ -202,8 +203,10 @@ class ResBlock2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
-            xt = self.activations[i](x) if hasattr(self, "activations") else F.leaky_relu(x, LRELU_SLOPE)
-            x = conv(xt) + x
+            if hasattr(self, "activations"):
+                x = conv(self.activations[i](x)) + x
+            else:
+                x = leaky_relu_conv(conv, x, LRELU_SLOPE) + x
         return x
 
 
@@ -328,16 +331,16 @@ class Generator(nn.Module):
             x = x + self.cond(g)
         har_source = har_source.to(x.dtype)
         for i in range(self.num_upsamples):
-            x = self.snakes[i](x) if hasattr(self, "snakes") else F.leaky_relu(x, LRELU_SLOPE)
-            x = self.ups[i](x)
+            x = self.ups[i](self.snakes[i](x)) if hasattr(self, "snakes") else leaky_relu_conv(self.ups[i], x, LRELU_SLOPE)
             x = x + self.noise_convs[i](har_source)
             acc = None
             for j in range(self.num_kernels):
                 y = self.resblocks[i * self.num_kernels + j](x)
                 acc = y if acc is None else acc + y
             x = acc / self.num_kernels
-        x = self.snake_post(x) if hasattr(self, "snake_post") else F.leaky_relu(x)  # slope 0.01, as the original
-        return torch.tanh(self.conv_post(x))
+        if hasattr(self, "snake_post"):
+            return torch.tanh(self.conv_post(self.snake_post(x)))
+        return torch.tanh(leaky_relu_conv(self.conv_post, x, 0.01))  # slope 0.01 here, as the original
 
     def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         return self.synthesize(x, self.excitation(f0), g)
