@@ -167,18 +167,25 @@ def write_inputs(path: Path, seconds: float, config: Path) -> int:
     return n
 
 
+def run_side_process(runner: Path, side: str, root: Path, args: list[str], threads: int) -> dict:
+    """Run `runner side root *args` in a fresh process that imports only `root` and parse its RESULT line."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # each side imports only its own project
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, str(runner), side, str(root), *args], capture_output=True, text=True,
+                          env=env, cwd=root)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{side} run of {runner.name} failed in {root}:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
 def run_side(side: str, root: Path, g_file: Path, config: Path, inputs: Path, threads: int,
              audio_out: Path | None) -> dict:
     """One fresh-process measurement of one side (bench/_run_side.py)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.pop("PYTHONPATH", None)  # each side imports only its own project
-    cmd = [sys.executable, str(SIDE_RUNNER), side, str(root), str(g_file), str(config), str(inputs), str(threads),
-           str(audio_out) if audio_out else "-"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"{side} run failed in {root}:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    args = [str(g_file), str(config), str(inputs), str(threads), str(audio_out) if audio_out else "-"]
+    return run_side_process(SIDE_RUNNER, side, root, args, threads)
 
 
 def _side_cell(runs: list[dict], seconds: float) -> tuple[str, float, float]:

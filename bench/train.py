@@ -168,16 +168,10 @@ def write_batch(hps, batch_size: int, seconds: float, path: Path) -> Path:
 
 def run_train_side(side: str, root: Path, config: Path, inputs: Path, device: str, threads: int, steps: int) -> dict:
     """One fresh-process measurement of one side (bench/_train_side.py)."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # each side imports only its own project
-    if threads > 0:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(SIDE_RUNNER), side, str(root), str(config), str(inputs), device, str(threads), str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"{side} training step failed in {root}:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    from bench.infer import run_side_process
+
+    return run_side_process(SIDE_RUNNER, side, root, [str(config), str(inputs), device, str(threads), str(steps)],
+                            threads)
 
 
 def _train_cell(runs: list[dict]) -> tuple[str, float, float]:
