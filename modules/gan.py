@@ -96,8 +96,8 @@ def discriminator_backward(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tenso
     n = y.size(0)
     both = torch.cat([y, y_hat.to(y.dtype)], dim=0)
     total = torch.zeros((), device=y.device)
-    real_parts: list[float] = []
-    fake_parts: list[float] = []
+    reals: list[torch.Tensor] = []
+    fakes: list[torch.Tensor] = []
     for d in subs:
         with autocast():
             out, _ = d(both)
@@ -105,11 +105,11 @@ def discriminator_backward(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tenso
         del out
         backward(real_loss + fake_loss)
         release_weight_norm_cache(d)  # this member's computed weights are not needed again in this pass
-        real_loss, fake_loss = real_loss.detach(), fake_loss.detach()
-        total = total + real_loss + fake_loss
-        real_parts.append(float(real_loss))
-        fake_parts.append(float(fake_loss))
-    return total, real_parts, fake_parts
+        reals.append(real_loss.detach())
+        fakes.append(fake_loss.detach())
+        total = total + reals[-1] + fakes[-1]
+    parts = torch.stack(reals + fakes).tolist()  # one device-to-host copy for all the logged parts
+    return total, parts[:len(reals)], parts[len(reals):]
 
 
 def adversarial_backward(net_d: nn.Module, y: torch.Tensor, y_hat: torch.Tensor, backward: Backward,

@@ -123,6 +123,8 @@ def test_train_step_matches_the_reference_step(setup, tmp_path, opaque):
         got = dict(result.losses, norm_d=result.grad_norm_d, norm_g=result.grad_norm_g)
         for key, value in expected.items():
             assert math.isfinite(value) and got[key] == pytest.approx(value, rel=1e-5), (step, key)
+        parts = result.extras["real_parts"] + result.extras["fake_parts"]
+        assert len(parts) == 2 * 6 and sum(parts) == pytest.approx(expected["d/total"], rel=1e-5)  # 6 members
         for net in NETS:
             params = dict(getattr(ref, net).named_parameters())
             for name, p in getattr(ours, net).named_parameters():
