@@ -15,7 +15,8 @@ runtime) is its own. Fast mode reports the SNR of its output against fp32.
 
 With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) both synthesizers are
 built from the same G file (`--model`/`--config`, default: a random default-config model written to a
-temporary folder) and get the same inputs. Every run is a fresh process importing only its own project
+temporary folder; the original's loader silently keeps fresh values for tensors it cannot take, so every
+tensor it ends up with is checked against the file) and get the same inputs. Every run is a fresh process importing only its own project
 (bench/_run_side.py); runs alternate original, ours, ... `--repeats` times (default 3) and the table
 shows medians: case | original | ours | ours/original, plus the outputs' agreement for cases up to 10 s.
 Cases above `--original-max-seconds` (default 60) run ours only: the original holds the whole piece's
