@@ -1,19 +1,24 @@
 """One synthesizer measurement in a fresh process, for `python -m bench.infer --original PATH`.
 
-Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO` (the only
-import of it is bench/_train_side.py's, for `_import_root`).
+Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO`. It is
+imported only for its two helpers: `_import_root` (bench/_train_side.py) and `state_digests` (also
+bench.infer and bench.train, to check what a side loaded).
 SIDE is "ours" or "original"; ROOT is the folder whose `models.py` and packages are imported. Both
 projects have top-level packages of the same names (`modules`, `vdecoder`, ...), so each side runs in
 its own process with only its own root on the import path.
 
 - original: a so-vits-svc 4.1 checkout, loaded the way its inference loads a model
   (`utils.get_hparams_from_file`, `SynthesizerTrn(spec_channels, segment_frames, **hps.model)`,
-  `utils.load_checkpoint`, eval mode), then `net_g.infer(c, f0, uv, g=sid, noice_scale=0.4)`;
+  `utils.load_checkpoint(path, model, None)`, eval mode), then `net_g.infer(c, f0, uv, g=sid,
+  noice_scale=0.4)`, which returns (audio [1, 1, samples], f0);
 - ours: `SvcEngine.load(G_FILE, CONFIG)` and `engine.synthesize` (chunked flow and decoder).
 
 INPUTS is an .npz with units c [1, ssl_dim, T], f0 [1, T] and uv [1, T] (the same for both sides). Both
-sides run one short warm-up first. Prints one line `RESULT {json}` (seconds, peak RSS in MB); with
-OUT_AUDIO other than "-", also saves the audio there (.npy) so the caller can compare the two.
+sides run one short warm-up first. Prints one line `RESULT {json}` (seconds, peak RSS in MB; for the
+original also `weights`, a digest per tensor of the loaded model, see `state_digests`: the checkout's
+loader keeps the fresh initialisation of any tensor the file lacks or shapes differently, with a mere
+print, so the caller compares these with the file); with OUT_AUDIO other than "-", also saves the audio
+there (.npy) so the caller can compare the two.
 """
 from __future__ import annotations
 
@@ -29,6 +34,25 @@ def _import_root(root: str) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ours = os.path.dirname(here)
     sys.path[:] = [root] + [p for p in sys.path if os.path.abspath(p or ".") not in (here, ours)]
+
+
+def state_digests(state) -> dict[str, str]:
+    """A short content digest (dtype, shape and bytes) per tensor of a state dict, by name.
+
+    Used in both kinds of process (this file imports nothing of either project), so the caller can check
+    that a side's network holds exactly the tensors of a checkpoint file.
+    """
+    import hashlib
+
+    import torch
+
+    digests = {}
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h = hashlib.sha256(f"{t.dtype} {tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())  # a view: no copy of the weights
+        digests[name] = h.hexdigest()[:16]
+    return digests
 
 
 def _original(root: str, g_file: str, config: str):
@@ -49,7 +73,7 @@ def _original(root: str, g_file: str, config: str):
             audio, _ = net_g.infer(c, f0, uv, g=sid, noice_scale=0.4)
         return audio
 
-    return run
+    return run, {"weights": state_digests(net_g.state_dict())}
 
 
 def _ours(root: str, g_file: str, config: str):
@@ -62,7 +86,7 @@ def _ours(root: str, g_file: str, config: str):
         audio, _ = engine.synthesize(PieceFeatures(c, f0, uv, None), g, noise_scale=0.4)
         return audio
 
-    return run
+    return run, {}
 
 
 def main(argv: list[str]) -> int:
@@ -75,7 +99,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(int(threads))
     data = np.load(inputs)
     c, f0, uv = (torch.from_numpy(data[k]) for k in ("c", "f0", "uv"))
-    run = (_original if side == "original" else _ours)(root, g_file, config)
+    run, info = (_original if side == "original" else _ours)(root, g_file, config)
     warm = min(200, c.shape[-1])
     run(c[..., :warm], f0[:, :warm], uv[:, :warm])
     start = time.perf_counter()
@@ -84,7 +108,8 @@ def main(argv: list[str]) -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     if out_audio != "-":
         np.save(out_audio, audio.float().reshape(-1).numpy())
-    print("RESULT " + json.dumps({"side": side, "seconds_taken": round(elapsed, 3), "peak_mb": round(peak_mb)}))
+    print("RESULT " + json.dumps({"side": side, "seconds_taken": round(elapsed, 3), "peak_mb": round(peak_mb),
+                                  **info}))
     return 0
 
 

@@ -1,6 +1,7 @@
 """One training-step measurement in a fresh process, for `python -m bench.train --original PATH`.
 
-Run as a script (never imported): `python bench/_train_side.py SIDE ROOT CONFIG INPUTS DEVICE THREADS STEPS`.
+Run as a script (never imported):
+`python bench/_train_side.py SIDE ROOT CONFIG INPUTS INIT_DIR DEVICE THREADS STEPS`.
 SIDE is "ours" or "original"; ROOT is the project whose packages are imported (only that one: both
 projects have top-level packages of the same names, see bench/_run_side.py).
 
@@ -10,11 +11,17 @@ projects have top-level packages of the same names, see bench/_run_side.py).
   `modules.commons`, in the order its training loop runs them, fp32, plain (unfused) AdamW;
 - ours: `modules.training.Trainer.train_step` at fp32.
 
+Both sides start from the same weights: INIT_DIR holds a `G_0.pth` / `D_0.pth` pair, which the original
+loads with `utils.load_checkpoint(path, net, None)` as its train.py loads pretrained files, and ours
+resumes from (copied into its model folder). The two projects draw their initial weights in different
+orders, so a shared seed alone would not give the same networks.
+
 INPUTS is an .npz holding one collated batch (units, f0, spec, audio, speaker, lengths, uv, optionally
 vol), the same file for both sides. The first step is a warm-up; the next STEPS are timed. Both sides seed
 torch with `train.seed` before building the networks and again before the warm-up step. Prints one line
 `RESULT {json}`: median and minimum seconds per step, peak memory in MB (RSS on the CPU, torch's max
-allocated on CUDA) and the warm-up step's discriminator and generator losses.
+allocated on CUDA), the warm-up step's discriminator and generator losses, and `weights`: per-tensor
+digests of both networks as loaded (bench/_run_side.py `state_digests`), for the caller to check.
 """
 from __future__ import annotations
 
@@ -28,8 +35,8 @@ import time
 BATCH_KEYS = ("units", "f0", "spec", "audio", "speaker", "lengths", "uv")
 
 
-def _original(config: str, device):
-    """A step function built from a so-vits-svc 4.1 checkout's modules; returns (step, seed)."""
+def _original(config: str, init_dir: str, device):
+    """A step function built from a so-vits-svc 4.1 checkout's modules; returns (step, seed, nets)."""
     import torch
     import torch.nn.functional as F
     import utils  # the checkout's utils.py
@@ -41,8 +48,11 @@ def _original(config: str, device):
     data, train = hps.data, hps.train
     hop, segment = data.hop_length, train.segment_size
     torch.manual_seed(train.seed)
-    net_g = SynthesizerTrn(data.filter_length // 2 + 1, segment // hop, **hps.model).to(device)
-    net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm).to(device)
+    net_g = SynthesizerTrn(data.filter_length // 2 + 1, segment // hop, **hps.model)
+    net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm)
+    utils.load_checkpoint(os.path.join(init_dir, "G_0.pth"), net_g, None)
+    utils.load_checkpoint(os.path.join(init_dir, "D_0.pth"), net_d, None)
+    net_g, net_d = net_g.to(device), net_d.to(device)
     optim_g = torch.optim.AdamW(net_g.parameters(), train.learning_rate, betas=train.betas, eps=train.eps)
     optim_d = torch.optim.AdamW(net_d.parameters(), train.learning_rate, betas=train.betas, eps=train.eps)
     net_g.train()
@@ -80,13 +90,15 @@ def _original(config: str, device):
         total.backward()
         commons.clip_grad_value_(net_g.parameters(), None)
         optim_g.step()
-        return float(loss_disc), float(total)
+        return loss_disc.detach().item(), total.detach().item()
 
-    return step, train.seed
+    return step, train.seed, (net_g, net_d)
 
 
-def _ours(config: str, device):
-    """Trainer.train_step at fp32 on a fresh trainer (no checkpoint, no tensorboard); returns (step, seed)."""
+def _ours(config: str, init_dir: str, device):
+    """Trainer.train_step at fp32 on a trainer resumed from INIT_DIR's pair (no tensorboard); returns
+    (step, seed, nets)."""
+    import shutil
     import tempfile
 
     from modules.config import load_config
@@ -95,10 +107,12 @@ def _ours(config: str, device):
     from modules.training import Trainer, TrainOptions
 
     hps = load_config(config)
-    model_dir = tempfile.mkdtemp(prefix="svc-bench-train-")  # stays empty: nothing is saved
+    model_dir = tempfile.mkdtemp(prefix="svc-bench-train-")  # holds the starting pair only: nothing is saved
+    for name in ("G_0.pth", "D_0.pth"):
+        shutil.copy(os.path.join(init_dir, name), model_dir)
     trainer = Trainer(hps, model_dir, DistContext(0, 0, 1, device),
                       TrainOptions(device=str(device), precision="fp32", tensorboard=False, progress=False))
-    os.rmdir(model_dir)
+    shutil.rmtree(model_dir)
 
     def step(batch: dict) -> tuple[float, float]:
         result = trainer.train_step(Batch(*(batch[k] for k in BATCH_KEYS), vol=batch.get("vol")))
@@ -106,12 +120,12 @@ def _ours(config: str, device):
             raise RuntimeError(f"non-finite loss: {result.losses}")
         return result.losses["d/total"], result.losses["g/total"]
 
-    return step, hps.train.seed
+    return step, hps.train.seed, (trainer.net_g, trainer.net_d)
 
 
 def main(argv: list[str]) -> int:
-    side, root, config, inputs, device_name, threads, steps = argv
-    from _run_side import _import_root  # this script's folder is first on the path until the next line
+    side, root, config, inputs, init_dir, device_name, threads, steps = argv
+    from _run_side import _import_root, state_digests  # this script's folder: first on the path until now
 
     _import_root(root)
     os.chdir(root)
@@ -123,7 +137,8 @@ def main(argv: list[str]) -> int:
     device = torch.device(device_name)
     with np.load(inputs) as saved:
         batch = {k: torch.from_numpy(saved[k]).to(device) for k in saved.files}
-    step, seed = (_original if side == "original" else _ours)(config, device)
+    step, seed, nets = (_original if side == "original" else _ours)(config, init_dir, device)
+    weights = {name: state_digests(net.state_dict()) for name, net in zip(("G_0.pth", "D_0.pth"), nets)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
@@ -147,7 +162,7 @@ def main(argv: list[str]) -> int:
     print("RESULT " + json.dumps({
         "side": side, "device": str(device), "threads": torch.get_num_threads(),
         "s_per_step": round(statistics.median(times), 4), "min_s": round(min(times), 4), "peak_mb": round(peak_mb),
-        "loss_d": round(losses[0], 5), "loss_g": round(losses[1], 5)}))
+        "loss_d": round(losses[0], 5), "loss_g": round(losses[1], 5), "weights": weights}))
     return 0
 
 

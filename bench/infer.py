@@ -15,7 +15,8 @@ runtime) is its own. Fast mode reports the SNR of its output against fp32.
 
 With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) both synthesizers are
 built from the same G file (`--model`/`--config`, default: a random default-config model written to a
-temporary folder) and get the same inputs. Every run is a fresh process importing only its own project
+temporary folder; the original's loader silently keeps fresh values for tensors it cannot take, so every
+tensor it ends up with is checked against the file) and get the same inputs. Every run is a fresh process importing only its own project
 (bench/_run_side.py); runs alternate original, ours, ... `--repeats` times (default 3) and the table
 shows medians: case | original | ours | ours/original, plus the outputs' agreement for cases up to 10 s.
 Cases above `--original-max-seconds` (default 60) run ours only: the original holds the whole piece's
@@ -181,11 +182,30 @@ def run_side_process(runner: Path, side: str, root: Path, args: list[str], threa
     return json.loads(line[len("RESULT "):])
 
 
+def weights_mismatch(digests: dict[str, str], checkpoint: Path) -> list[str]:
+    """Tensors of `checkpoint` that a side's network (`digests`, see bench/_run_side.py) lacks or holds
+    differently; empty when it loaded them all. Tensors the network has beyond the file (e.g. enc_q for a
+    file without it) are not counted."""
+    from bench._run_side import state_digests
+    from modules.checkpoint import load_torch_file, model_state
+
+    expected = state_digests(model_state(load_torch_file(checkpoint), checkpoint))
+    return sorted(k for k, v in expected.items() if digests.get(k) != v)
+
+
 def run_side(side: str, root: Path, g_file: Path, config: Path, inputs: Path, threads: int,
              audio_out: Path | None) -> dict:
-    """One fresh-process measurement of one side (bench/_run_side.py)."""
+    """One fresh-process measurement of one side (bench/_run_side.py); for the original, first checks
+    that its network holds exactly the G file's tensors (its loader would keep fresh ones silently)."""
     args = [str(g_file), str(config), str(inputs), str(threads), str(audio_out) if audio_out else "-"]
-    return run_side_process(SIDE_RUNNER, side, root, args, threads)
+    result = run_side_process(SIDE_RUNNER, side, root, args, threads)
+    digests = result.pop("weights", None)
+    if digests is not None:
+        wrong = weights_mismatch(digests, g_file)
+        if wrong:
+            raise RuntimeError(f"{side} did not load {len(wrong)} tensor(s) of {g_file} as saved, e.g. "
+                               f"{', '.join(wrong[:3])}")
+    return result
 
 
 def _side_cell(runs: list[dict], seconds: float) -> tuple[str, float, float]:
@@ -235,8 +255,12 @@ def compare(args: argparse.Namespace, durations: list[float]) -> int:
             for rep in range(args.repeats):
                 for side in sides:
                     audio = tmp / f"{side}.npy" if rep == 0 and seconds <= 10 else None
-                    runs[side].append(run_side(side, original if side == "original" else ours, g_file, config,
-                                               inputs, args.threads, audio))
+                    try:
+                        runs[side].append(run_side(side, original if side == "original" else ours, g_file,
+                                                   config, inputs, args.threads, audio))
+                    except RuntimeError as e:
+                        print(e, file=sys.stderr)
+                        return 1
                     if audio is not None:
                         saved[side] = audio
                     print(f"{seconds:g} s {side}: {runs[side][-1]}", flush=True)

@@ -11,7 +11,9 @@ data loading is not part of the measured step. The first step is a warm-up and i
 
 With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) the checkout's
 training step and ours run side by side at fp32: both read the same config (`--config` with
-`--segment` written in) and the same batch, saved once per batch size. The checkout's train.py needs
+`--segment` written in), start from the same random-weight G_0.pth / D_0.pth pair (each side's loaded
+networks are checked against the files) and get the same batch, saved once per batch size; the first
+(warm-up) step's losses of both sides are printed. The checkout's train.py needs
 CUDA and keeps its step inside a function, so bench/_train_side.py assembles that step at run time
 from the checkout's models, losses, mel and commons modules; nothing of it is part of this repository.
 Every run is a fresh process importing only its own project; runs alternate original, ours, ...
@@ -166,12 +168,36 @@ def write_batch(hps, batch_size: int, seconds: float, path: Path) -> Path:
     return path
 
 
-def run_train_side(side: str, root: Path, config: Path, inputs: Path, device: str, threads: int, steps: int) -> dict:
-    """One fresh-process measurement of one side (bench/_train_side.py)."""
-    from bench.infer import run_side_process
+def write_initial_pair(hps, folder: Path) -> Path:
+    """Random-weight `G_0.pth` / `D_0.pth` (seed train.seed) in `folder`: both sides start from these."""
+    import torch
 
-    return run_side_process(SIDE_RUNNER, side, root, [str(config), str(inputs), device, str(threads), str(steps)],
-                            threads)
+    from models import MultiPeriodDiscriminator, SynthesizerTrn
+    from modules.checkpoint import save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(hps.train.seed)
+    net_g = SynthesizerTrn.from_hparams(hps)
+    net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm, hps.model.discriminator_width)
+    save_checkpoint(net_g, None, float(hps.train.learning_rate), 0, folder / "G_0.pth")
+    save_checkpoint(net_d, None, float(hps.train.learning_rate), 0, folder / "D_0.pth")
+    return folder
+
+
+def run_train_side(side: str, root: Path, config: Path, inputs: Path, init_dir: Path, device: str, threads: int,
+                   steps: int) -> dict:
+    """One fresh-process measurement of one side (bench/_train_side.py), after checking that the side's
+    networks hold exactly the tensors of the starting pair in `init_dir`."""
+    from bench.infer import run_side_process, weights_mismatch
+
+    args = [str(config), str(inputs), str(init_dir), device, str(threads), str(steps)]
+    result = run_side_process(SIDE_RUNNER, side, root, args, threads)
+    for name, digests in result.pop("weights").items():
+        wrong = weights_mismatch(digests, init_dir / name)
+        if wrong:
+            raise RuntimeError(f"{side} did not load {len(wrong)} tensor(s) of {name} as saved, e.g. "
+                               f"{', '.join(wrong[:3])}")
+    return result
 
 
 def _train_cell(runs: list[dict]) -> tuple[str, float, float]:
@@ -193,6 +219,13 @@ def compare_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def first_step_line(row: dict) -> str:
+    """The warm-up step's losses of both sides (same weights, batch and seed) and their relative difference."""
+    (od, og), (d, g) = ((row[side][0]["loss_d"], row[side][0]["loss_g"]) for side in ("original", "ours"))
+    return (f"batch {row['batch']}, first step losses D / G: original {od:.6g} / {og:.6g}, ours {d:.6g} / {g:.6g} "
+            f"(relative difference {abs(d - od) / max(abs(od), 1e-12):.1e} / {abs(g - og) / max(abs(og), 1e-12):.1e})")
+
+
 def compare(args: argparse.Namespace) -> int:
     from modules.config import load_config
 
@@ -207,6 +240,7 @@ def compare(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         config = write_compare_config(args.config, tmp / "config.json", args.segment)
         hps = load_config(config)
+        init_dir = write_initial_pair(hps, tmp / "init")
         for device in args.devices or ["cpu"]:
             for batch in args.batches:
                 inputs = write_batch(hps, batch, args.seconds, tmp / f"batch_{batch}.npz")
@@ -215,7 +249,8 @@ def compare(args: argparse.Namespace) -> int:
                     for side in ("original", "ours"):
                         try:
                             runs[side].append(run_train_side(side, original if side == "original" else ours,
-                                                             config, inputs, device, args.threads, args.steps))
+                                                             config, inputs, init_dir, device, args.threads,
+                                                             args.steps))
                         except RuntimeError as e:
                             print(e, file=sys.stderr)
                             return 1
@@ -226,9 +261,7 @@ def compare(args: argparse.Namespace) -> int:
           f"median of {args.repeats} processes per side")
     print(compare_table(rows))
     for row in rows:
-        first = {side: (row[side][0]["loss_d"], row[side][0]["loss_g"]) for side in ("original", "ours")}
-        print(f"batch {row['batch']}, first step losses D / G: original {first['original'][0]:.4g} / "
-              f"{first['original'][1]:.4g}, ours {first['ours'][0]:.4g} / {first['ours'][1]:.4g}")
+        print(first_step_line(row))
     if args.json:
         from modules.atomic_write import write_text
 

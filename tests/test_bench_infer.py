@@ -1,9 +1,12 @@
 """bench.infer --original: the side-by-side plumbing, against a stand-in for a so-vits-svc 4.1 checkout.
 
 The stand-in (written to a temp folder by this test, nowhere else) has the two things the benchmark uses
-from a checkout: `utils.get_hparams_from_file` / `utils.load_checkpoint`, and a `models.SynthesizerTrn`
-with the original's constructor and `infer(c, f0, uv, g=None, noice_scale=0.35, seed=52468,
-predict_f0=False, vol=None)` signature. It wraps our own classes, loaded under another module name.
+from a checkout, with the so-vits-svc 4.1 signatures (checked against a 4.1-Stable state of the original):
+`utils.get_hparams_from_file(config_path, infer_mode=False)` / `utils.load_checkpoint(checkpoint_path,
+model, optimizer=None, skip_optimizer=False)` (tolerant: a tensor the file lacks keeps its initial value,
+with a mere print), and a `models.SynthesizerTrn(spec_channels, segment_size, **model)` whose
+`infer(c, f0, uv, g=None, noice_scale=0.35, seed=52468, predict_f0=False, vol=None)` returns (audio, f0).
+It wraps our own classes, loaded under another module name.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from tests.support.tiny_models import write_tiny_project
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fake_checkout(folder: Path, scale: float = 1.0) -> Path:
-    """A folder that imports like a so-vits-svc checkout; `scale` multiplies its audio (to make it differ)."""
+def _fake_checkout(folder: Path, scale: float = 1.0, skip: str = "") -> Path:
+    """A folder that imports like a so-vits-svc checkout; `scale` multiplies its audio (to make it differ),
+    and its loader leaves tensors whose names start with `skip` (if given) at their initial values."""
     folder.mkdir(parents=True)
     root = repr(str(PROJECT_ROOT))
     (folder / "utils.py").write_text(textwrap.dedent(f"""
@@ -28,12 +32,18 @@ def _fake_checkout(folder: Path, scale: float = 1.0) -> Path:
         import torch
         from modules.config import load_config
 
-        def get_hparams_from_file(path):
-            return load_config(path)
+        def get_hparams_from_file(config_path, infer_mode=False):
+            return load_config(config_path)
 
-        def load_checkpoint(path, model, optimizer):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["model"])
+        def load_checkpoint(checkpoint_path, model, optimizer=None, skip_optimizer=False):
+            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            state = model.state_dict()
+            for k, v in saved["model"].items():
+                if k in state and v.shape == state[k].shape and not ({skip!r} and k.startswith({skip!r})):
+                    state[k] = v
+                else:
+                    print(k, "is not in the checkpoint")
+            model.load_state_dict(state)
             return model, optimizer, saved["learning_rate"], saved["iteration"]
     """))
     (folder / "models.py").write_text(textwrap.dedent(f"""
@@ -88,6 +98,16 @@ def test_agreement_shows_a_different_output(tiny, tmp_path, capsys):
     out = _run(tiny, _fake_checkout(tmp_path / "louder", scale=1.5), capsys)
     short = next(line for line in out.splitlines() if line.startswith("| synthesizer, 0.5 s"))
     assert float(short.split("differ by ")[1].split(" of peak")[0]) > 0.2
+
+
+def test_original_that_did_not_load_every_tensor_is_refused(tiny, tmp_path, capsys):
+    checkout = _fake_checkout(tmp_path / "partial", skip="dec.conv_post")
+    code = bench_infer.main(["--original", str(checkout), "--model", str(tiny.model), "--config", str(tiny.config),
+                             "--durations", "0.5", "--repeats", "1", "--threads", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"original did not load 3 tensor(s) of {tiny.model.resolve()} as saved" in err
+    assert "dec.conv_post.bias" in err
 
 
 def test_original_must_be_a_checkout(tmp_path, capsys):
