@@ -29,6 +29,7 @@ from models import DEFAULT_SEED
 from modules.audio import load_audio, resample
 from modules.checkpoint import load_weights, model_state, safe_load
 from modules.config import HParams, load_config
+from modules.conv_layout import store_channels_last
 from modules.device import inference_dtype, resolve_device
 from modules.errors import InferenceError
 from modules.frame_features import repeat_expand_2d, volume
@@ -143,6 +144,8 @@ class SvcEngine:
         self._take_config(hps, encoder, pretrain_dir, encoder_window_seconds)
         self.model = model.eval()
         self.device = torch.device(device)
+        if self.device.type == "cpu" and hasattr(model, "dec"):
+            store_channels_last(model.dec)  # the CPU decoder runs channels-last (modules.conv_layout)
         self.dtype: torch.dtype = inference_dtype(precision or ("auto" if fast else "fp32"), self.device)
         self.rf: ReceptiveField = receptive_field(model, hps.model)
         self.chunk_frames = cpu_window_frames(chunk_frames, self.device, hps.model, self.rf.decoder)

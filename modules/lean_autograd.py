@@ -21,22 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.nn.utils.weight_norm import WeightNorm
 
-
-def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-
-
-def _conv_weight(conv: nn.Module) -> torch.Tensor | None:
-    """The weight a call of `conv` would use (legacy weight norm recomputes it in a forward pre-hook), or
-    None when the module has other hooks, whose effect only a real call reproduces."""
-    hooks = list(conv._forward_pre_hooks.values())
-    if conv._forward_hooks or not all(isinstance(hook, WeightNorm) for hook in hooks):
-        return None
-    for hook in hooks:
-        hook(conv, ())
-    return conv.weight
+from modules.conv_layout import apply_conv, conv_args, conv_weight, convolve, exporting
 
 
 class _LeakyReLUConv(torch.autograd.Function):
@@ -45,12 +31,7 @@ class _LeakyReLUConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slope: float,
                 conf: tuple) -> torch.Tensor:
-        stride, padding, dilation, groups, transposed, output_padding = conf
-        a = F.leaky_relu(x, slope)
-        if transposed:
-            out = F.conv_transpose1d(a, weight, bias, stride, padding, output_padding, groups, dilation)
-        else:
-            out = F.conv1d(a, weight, bias, stride, padding, dilation, groups)
+        out = convolve(F.leaky_relu(x, slope), weight, bias, conf)
         ctx.save_for_backward(x, weight)
         ctx.slope, ctx.conf = slope, conf
         ctx.bias_sizes = None if bias is None else [bias.shape[0]]
@@ -63,28 +44,29 @@ class _LeakyReLUConv(torch.autograd.Function):
         stride, padding, dilation, groups, transposed, output_padding = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         a = F.leaky_relu(x, ctx.slope)
+        nwc = x.dim() == 4 and weight.dim() == 3  # a 1-D kernel applied as 2-D (modules.conv_layout)
         grad_a, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, a, weight, ctx.bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
+            grad_out, a, weight.unsqueeze(2) if nwc else weight, ctx.bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
             [need_x, need_w, need_b and ctx.bias_sizes is not None],
         )
         del a
+        if nwc and grad_w is not None:
+            grad_w = grad_w.squeeze(2)
         grad_x = torch.ops.aten.leaky_relu_backward(grad_a, x, ctx.slope, False) if need_x else None
         return grad_x, grad_w, grad_b, None, None
 
 
 def leaky_relu_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor, slope: float) -> torch.Tensor:
     """`conv(F.leaky_relu(x, slope))` for a zero-padded Conv1d or ConvTranspose1d (weight norm or not),
-    keeping only x for the backward pass when gradients are being recorded."""
-    if (not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or _exporting()
+    keeping only x for the backward pass when gradients are being recorded. x is [B, C, T], or
+    channels-last [B, C, 1, T] (modules.conv_layout), whose layout the output keeps."""
+    if (not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or exporting()
             or getattr(conv, "padding_mode", "zeros") != "zeros"):
-        return conv(F.leaky_relu(x, slope))
-    weight = _conv_weight(conv)
+        return apply_conv(conv, F.leaky_relu(x, slope))
+    weight = conv_weight(conv)
     if weight is None or not (x.requires_grad or weight.requires_grad):
-        return conv(F.leaky_relu(x, slope))
-    transposed = isinstance(conv, nn.ConvTranspose1d)
-    output_padding = list(conv.output_padding) if transposed else [0]
-    conf = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, transposed, output_padding)
-    return _LeakyReLUConv.apply(x, weight, conv.bias, slope, conf)
+        return apply_conv(conv, F.leaky_relu(x, slope))
+    return _LeakyReLUConv.apply(x, weight, conv.bias, slope, conv_args(conv, nwc=x.dim() == 4))
 
 
 class _BoolMaskDropout(torch.autograd.Function):
@@ -112,7 +94,7 @@ class Dropout(nn.Dropout):
     def lean(self, x: torch.Tensor) -> bool:
         """Whether this call takes the bool-mask path (else torch's own dropout runs)."""
         return (not self.inplace and self.training and 0.0 < self.p < 1.0 and x.device.type == "cpu"
-                and torch.is_grad_enabled() and x.requires_grad and x.numel() > 0 and not _exporting())
+                and torch.is_grad_enabled() and x.requires_grad and x.numel() > 0 and not exporting())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.lean(x):
@@ -209,7 +191,7 @@ def relu_dropout_conv(h: torch.Tensor, mask: torch.Tensor, conv: nn.Conv1d, pad:
                       drop: nn.Dropout) -> torch.Tensor:
     """`conv(F.pad(drop(relu(h)) * mask, pad))` (a transformer FFN's second half) for an unpadded Conv1d,
     keeping relu(h) and a bool mask but not the convolution's input where `drop` takes its lean path."""
-    weight = _conv_weight(conv) if isinstance(drop, Dropout) and drop.lean(h) else None
+    weight = conv_weight(conv) if isinstance(drop, Dropout) and drop.lean(h) else None
     if (weight is None or mask.requires_grad or torch.is_autocast_enabled(h.device.type)
             or any(conv.padding) or getattr(conv, "padding_mode", "zeros") != "zeros"):
         return conv(F.pad(drop(torch.relu(h)) * mask, pad))

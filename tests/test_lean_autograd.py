@@ -58,7 +58,7 @@ def test_leaky_relu_conv_keeps_half_of_a_residual_block():
     x = torch.randn(2, 16, 300, requires_grad=True)
     lean = _saved_bytes(lambda: block(x))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lean_autograd, "_exporting", lambda: True)  # forces the plain ops
+        mp.setattr(lean_autograd, "exporting", lambda: True)  # forces the plain ops
         plain = _saved_bytes(lambda: block(x))
     activation = x.numel() * 4
     # Per conv pair autograd keeps the input, its activation, the first conv's output and its activation;
@@ -153,7 +153,7 @@ def test_transformer_encoder_is_unchanged_and_keeps_less():
         enc.zero_grad(set_to_none=True)
         with pytest.MonkeyPatch.context() as mp:
             if not lean:
-                mp.setattr(lean_autograd, "_exporting", lambda: True)
+                mp.setattr(lean_autograd, "exporting", lambda: True)
             torch.manual_seed(6)
             out_box = []
             saved.append(_saved_bytes(lambda: out_box.append(enc(x, mask))))

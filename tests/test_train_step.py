@@ -16,6 +16,7 @@ from modules.config import load_config
 from modules.data import ClipDataset, collate_clips
 from modules.training import Trainer, TrainOptions
 from tests.support.train_data import make_preprocessed_dataset
+from vdecoder import nsf_hifigan
 
 STEPS = 2
 NETS = ("net_g", "net_d")
@@ -117,7 +118,8 @@ def test_train_step_matches_the_reference_step(setup, tmp_path, opaque):
         result = ours.train_step(batch, want_norms=True)
         torch.manual_seed(100 + step)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(lean_autograd, "_exporting", lambda: True)  # plain torch ops in the reference
+            mp.setattr(lean_autograd, "exporting", lambda: True)  # plain torch ops in the reference
+            mp.setattr(nsf_hifigan, "wants_nwc", lambda x: False)  # and the plain [B, C, T] layout
             expected = _reference_step(ref, batch)
         assert not result.skipped
         got = dict(result.losses, norm_d=result.grad_norm_d, norm_g=result.grad_norm_g)
@@ -128,8 +130,12 @@ def test_train_step_matches_the_reference_step(setup, tmp_path, opaque):
         for net in NETS:
             params = dict(getattr(ref, net).named_parameters())
             for name, p in getattr(ours, net).named_parameters():
-                if step == 0:  # the first update: every weight within float rounding
-                    torch.testing.assert_close(p, params[name], rtol=1e-5, atol=1e-6, msg=f"{net}.{name}")
+                if step == 0:
+                    # The first update, every weight: Adam's first step is lr * sign(gradient) for most
+                    # weights, so a weight whose gradient is pure rounding noise may move differently; 1e-5
+                    # is half a percent of the learning rate (2e-3): a wrong gradient moves weights by ~lr.
+                    torch.testing.assert_close(p, params[name], rtol=1e-5, atol=1e-5,
+                                               msg=lambda m, key=f"{net}.{name}": f"{key}: {m}")
                     continue
                 # Later updates: Adam (eps 1e-9) turns the rounding differences left by the first update into
                 # visible ones for the odd weight whose gradient is nearly zero, so each tensor's update is

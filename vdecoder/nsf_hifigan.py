@@ -23,9 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import LRELU_SLOPE, get_padding, remove_all_weight_norm, weight_norm
+from modules.conv_layout import TimeTiles, apply_conv, tiled_leaky_relu_conv, to_nwc, wants_nwc, zero_padding_
 from modules.lean_autograd import leaky_relu_conv
 
 ACTIVATIONS = ("leaky_relu", "snake")
+# Inference on the CPU cuts the decoder's activations into tiles of about this many frames (the last
+# stage's tiles are then 16384 samples), for stages whose tiles reach MIN_TILE_SAMPLES; oneDNN runs
+# such batches of tiles faster than one long sequence (modules.conv_layout.TimeTiles).
+TILE_FRAMES = 32
+MIN_TILE_SAMPLES = 1024
 
 
 @dataclass
@@ -175,17 +181,35 @@ class ResBlock1(nn.Module):
         if activation == "snake":
             self.activations = nn.ModuleList([SnakeAlias(channels) for _ in range(2 * len(dilation))])
 
-    def _act_conv(self, index: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _act_conv(self, index: int, conv: nn.Module, x: torch.Tensor, tiles: TimeTiles | None) -> torch.Tensor:
         if hasattr(self, "activations"):
             return conv(self.activations[index](x))
+        if tiles is not None:
+            return tiled_leaky_relu_conv(conv, x, LRELU_SLOPE, tiles)
         return leaky_relu_conv(conv, x, LRELU_SLOPE)  # keeps x, not the activation, for the backward pass
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tiles: TimeTiles | None = None) -> torch.Tensor:
+        """x [B, C, T], or channels-last [B, C, 1, T]; `tiles` (inference only) cuts the latter into time
+        tiles (modules.conv_layout) and lets the residual adds run in place."""
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            xt = self._act_conv(2 * i, c1, x)
-            xt = self._act_conv(2 * i + 1, c2, xt)
-            x = xt + x
+            xt = self._act_conv(2 * i, c1, x, tiles)
+            xt = self._act_conv(2 * i + 1, c2, xt, tiles)
+            x = xt.add_(x) if tiles is not None else xt + x
         return x
+
+    def forward_into(self, x: torch.Tensor, tiles: TimeTiles, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """Inference on a tiled channels-last sequence: the block's output is written into `out`, each
+        pair's middle activation into `scratch` (both shaped like x, neither x): no allocations."""
+        if hasattr(self, "activations"):
+            return out.copy_(self.forward(x, tiles))
+        source = x
+        for c1, c2 in zip(self.convs1, self.convs2):
+            tiled_leaky_relu_conv(c1, source, LRELU_SLOPE, tiles, out=scratch)
+            if source is not out:
+                out.copy_(source)
+            tiled_leaky_relu_conv(c2, scratch, LRELU_SLOPE, tiles, out=out, accumulate=True)
+            source = out
+        return out
 
 
 class ResBlock2(nn.Module):
@@ -201,13 +225,21 @@ class ResBlock2(nn.Module):
         if activation == "snake":
             self.activations = nn.ModuleList([SnakeAlias(channels) for _ in self.convs])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tiles: TimeTiles | None = None) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
             if hasattr(self, "activations"):
                 x = conv(self.activations[i](x)) + x
+            elif tiles is not None:
+                x = tiled_leaky_relu_conv(conv, x, LRELU_SLOPE, tiles).add_(x)
             else:
                 x = leaky_relu_conv(conv, x, LRELU_SLOPE) + x
         return x
+
+
+def _nwc_view(buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A channels-last tensor shaped like `like` [1, C, 1, L], on the front of a 1-D `buffer`."""
+    _, c, _, length = like.shape
+    return buffer.as_strided((1, c, 1, length), (c * length, 1, c * length, c))
 
 
 # ----------------------------------------------------------------------------------- source
@@ -325,22 +357,85 @@ class Generator(nn.Module):
         return self.m_source(f0_samples).transpose(1, 2)
 
     def synthesize(self, x: torch.Tensor, har_source: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
-        """Deterministic filter path: features x [B, C, T] + source [B, 1, T*hop] -> audio [B, 1, T*hop]."""
-        x = self.conv_pre(x)
+        """Deterministic filter path: features x [B, C, T] + source [B, 1, T*hop] -> audio [B, 1, T*hop].
+
+        On the CPU the leaky-ReLU decoder carries its activations channels-last, and at inference (one
+        item, no gradients) cuts them into time tiles (modules.conv_layout): the same values up to float
+        summation order, without oneDNN's layout copies around each conv and its per-length buffers."""
+        nwc = not hasattr(self, "snakes") and wants_nwc(x)
+        frames = x.size(-1)
+        tiled = nwc and not torch.is_grad_enabled() and x.size(0) == 1
+        if tiled:
+            n_tiles = -(-frames // TILE_FRAMES)
+            padded = n_tiles * -(-frames // n_tiles)
+            x = F.pad(x, (0, padded - frames))
+            har_source = F.pad(har_source, (0, (padded - frames) * self.upp))
+        if nwc:
+            x, har_source = to_nwc(x), har_source.unsqueeze(2)
+        x = apply_conv(self.conv_pre, x)
         if g is not None and hasattr(self, "cond"):
-            x = x + self.cond(g)
+            cond = self.cond(g)
+            if tiled and cond.size(-1) > 1:  # per-frame conditioning: pad like x (it acts frame by frame)
+                cond = F.pad(cond, (0, padded - frames))
+            x = x + (cond.unsqueeze(2) if nwc else cond)
         har_source = har_source.to(x.dtype)
+        if tiled:
+            workspace = x.new_empty(self._tile_workspace(padded, n_tiles))
+            # the stages' activation buffers (sum, middle, block output), reused by every stage
+            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(3)]
+        scale = 1  # samples per frame at this stage
         for i in range(self.num_upsamples):
+            if tiled:
+                zero_padding_(x, frames * scale)
             x = self.ups[i](self.snakes[i](x)) if hasattr(self, "snakes") else leaky_relu_conv(self.ups[i], x, LRELU_SLOPE)
-            x = x + self.noise_convs[i](har_source)
+            scale *= self.config.upsample_rates[i]
+            noise = apply_conv(self.noise_convs[i], har_source)
+            x = x.add_(noise) if tiled else x + noise
+            tiles = None
+            if tiled:
+                n = n_tiles if padded // n_tiles * scale >= MIN_TILE_SAMPLES else 1
+                tiles = TimeTiles(n, x.size(-1) // n, frames * scale, workspace)
+            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+            if tiled and all(isinstance(block, ResBlock1) for block in blocks):
+                acc, scratch, block_out = (_nwc_view(buffer, x) for buffer in pool)
+                for j, block in enumerate(blocks):
+                    y = block.forward_into(x, tiles, acc if j == 0 else block_out, scratch)
+                    if j:
+                        acc.add_(y)
+                x = acc.div_(self.num_kernels)
+                continue
             acc = None
-            for j in range(self.num_kernels):
-                y = self.resblocks[i * self.num_kernels + j](x)
-                acc = y if acc is None else acc + y
-            x = acc / self.num_kernels
+            for block in blocks:
+                y = block(x, tiles)
+                acc = y if acc is None else (acc.add_(y) if tiled else acc + y)
+            x = acc.div_(self.num_kernels) if tiled else acc / self.num_kernels
         if hasattr(self, "snake_post"):
             return torch.tanh(self.conv_post(self.snake_post(x)))
-        return torch.tanh(leaky_relu_conv(self.conv_post, x, 0.01))  # slope 0.01 here, as the original
+        if tiled:
+            zero_padding_(x, frames * scale)
+        audio = torch.tanh(leaky_relu_conv(self.conv_post, x, 0.01))  # slope 0.01 here, as the original
+        if nwc:
+            audio = audio.squeeze(2)
+        return audio[..., :frames * scale] if tiled else audio
+
+    def _widest_stage(self, frames: int) -> int:
+        """Elements of the largest stage activation for `frames` frames."""
+        largest, scale, channels = 0, 1, self.config.upsample_initial_channel
+        for rate in self.config.upsample_rates:
+            scale, channels = scale * rate, channels // 2
+            largest = max(largest, channels * frames * scale)
+        return largest
+
+    def _tile_workspace(self, frames: int, n_tiles: int) -> int:
+        """Elements of the largest haloed tile buffer any stage of `frames` frames needs."""
+        halo = max(conv.padding[0] for block in self.resblocks for conv in block.modules()
+                   if isinstance(conv, nn.Conv1d))
+        largest, scale, channels = 0, 1, self.config.upsample_initial_channel
+        for rate in self.config.upsample_rates:
+            scale, channels = scale * rate, channels // 2
+            n = n_tiles if frames // n_tiles * scale >= MIN_TILE_SAMPLES else 1
+            largest = max(largest, channels * (frames * scale + 2 * halo * n))
+        return largest
 
     def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         return self.synthesize(x, self.excitation(f0), g)
