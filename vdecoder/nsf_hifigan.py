@@ -379,10 +379,10 @@ class Generator(nn.Module):
                 cond = F.pad(cond, (0, padded - frames))
             x = x + (cond.unsqueeze(2) if nwc else cond)
         har_source = har_source.to(x.dtype)
+        workspace, pool = None, None
         if tiled:
             workspace = x.new_empty(self._tile_workspace(padded, n_tiles))
-            # the stages' activation buffers (sum, middle, block output), reused by every stage
-            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(3)]
+            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(3)]  # reused by every stage
         scale = 1  # samples per frame at this stage
         for i in range(self.num_upsamples):
             if tiled:
@@ -395,20 +395,7 @@ class Generator(nn.Module):
             if tiled:
                 n = n_tiles if padded // n_tiles * scale >= MIN_TILE_SAMPLES else 1
                 tiles = TimeTiles(n, x.size(-1) // n, frames * scale, workspace)
-            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            if tiled and all(isinstance(block, ResBlock1) for block in blocks):
-                acc, scratch, block_out = (_nwc_view(buffer, x) for buffer in pool)
-                for j, block in enumerate(blocks):
-                    y = block.forward_into(x, tiles, acc if j == 0 else block_out, scratch)
-                    if j:
-                        acc.add_(y)
-                x = acc.div_(self.num_kernels)
-                continue
-            acc = None
-            for block in blocks:
-                y = block(x, tiles)
-                acc = y if acc is None else (acc.add_(y) if tiled else acc + y)
-            x = acc.div_(self.num_kernels) if tiled else acc / self.num_kernels
+            x = self._resblock_mean(i, x, tiles, pool if tiled else None)
         if hasattr(self, "snake_post"):
             return torch.tanh(self.conv_post(self.snake_post(x)))
         if tiled:
@@ -417,6 +404,24 @@ class Generator(nn.Module):
         if nwc:
             audio = audio.squeeze(2)
         return audio[..., :frames * scale] if tiled else audio
+
+    def _resblock_mean(self, stage: int, x: torch.Tensor, tiles: TimeTiles | None,
+                       pool: list[torch.Tensor] | None) -> torch.Tensor:
+        """The mean of the stage's residual blocks on x. Tiled inference writes into the `pool` buffers
+        (sum, middle activation, block output) instead of allocating."""
+        blocks = self.resblocks[stage * self.num_kernels:(stage + 1) * self.num_kernels]
+        if tiles is not None and pool is not None and all(isinstance(block, ResBlock1) for block in blocks):
+            acc, scratch, block_out = (_nwc_view(buffer, x) for buffer in pool)
+            for j, block in enumerate(blocks):
+                y = block.forward_into(x, tiles, acc if j == 0 else block_out, scratch)
+                if j:
+                    acc.add_(y)
+            return acc.div_(self.num_kernels)
+        acc = None
+        for block in blocks:
+            y = block(x, tiles)
+            acc = y if acc is None else (acc.add_(y) if tiles is not None else acc + y)
+        return acc.div_(self.num_kernels) if tiles is not None else acc / self.num_kernels
 
     def _widest_stage(self, frames: int) -> int:
         """Elements of the largest stage activation for `frames` frames."""
