@@ -27,8 +27,9 @@ def exporting() -> bool:
 
 
 def wants_nwc(x: torch.Tensor) -> bool:
-    """Whether a convolution chain on `x` should run in the channels-last 2-D layout."""
-    return x.device.type == "cpu" and not exporting()
+    """Whether a convolution chain on `x` should run in the channels-last 2-D layout (CPU builds with
+    oneDNN; without it torch's fallback convolutions gain nothing from the layout)."""
+    return x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not exporting()
 
 
 def to_nwc(x: torch.Tensor) -> torch.Tensor:
