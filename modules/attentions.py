@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import fused_add_tanh_sigmoid_multiply, weight_norm
+from modules.conv_layout import exporting
 from modules.lean_autograd import Dropout, dropout_matmul, relu_dropout_conv
 
 # Above this many score entries per (batch, head) the attention is computed in query blocks.
@@ -31,6 +32,9 @@ MASK_VALUE = -1e4
 # Rows whose softmax denominator shrinks below this fraction of the fused kernel's are recomputed exactly
 # (the relative-position correction subtracts; below 1/4 it could lose more than ~1e-6 relative).
 FUSED_MIN_FACTOR = 0.25
+# Inference runs an FFN over longer inputs in pieces of this many frames (plus the convolutions' context):
+# its hidden activation for a 10-minute piece would be 159 MB, a fresh page-faulted mapping per layer.
+FFN_CHUNK_FRAMES = 4096
 
 
 class LayerNorm(nn.Module):
@@ -271,10 +275,26 @@ class FFN(nn.Module):
         return x if self.kernel_size == 1 else F.pad(x, self._padding())
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        if not (self.training or torch.is_grad_enabled() or exporting()) and x.size(-1) > 2 * FFN_CHUNK_FRAMES:
+            return self._forward_in_pieces(x, x_mask)
         x = self.conv_1(self._pad(x * x_mask))
         # conv_2(pad(drop(relu(x)) * x_mask)), keeping less for the backward pass when training
         x = relu_dropout_conv(x, x_mask, self.conv_2, self._padding(), self.drop)
         return x * x_mask
+
+    def _forward_in_pieces(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
+        """forward() piece by piece over time: each output frame needs 2 * padding frames of context on
+        each side (two convolutions), so pieces read that much more and keep only their own frames."""
+        left, right = (2 * p for p in self._padding())
+        length = x.size(-1)
+        out = x.new_empty(x.size(0), self.conv_2.out_channels, length)
+        for a in range(0, length, FFN_CHUNK_FRAMES):
+            b = min(a + FFN_CHUNK_FRAMES, length)
+            xa, xb = max(a - left, 0), min(b + right, length)
+            piece = self.conv_1(self._pad(x[..., xa:xb] * x_mask[..., xa:xb]))
+            piece = relu_dropout_conv(piece, x_mask[..., xa:xb], self.conv_2, self._padding(), self.drop)
+            out[..., a:b] = piece[..., a - xa:b - xa] * x_mask[..., a:b]
+        return out
 
 
 class Encoder(nn.Module):

@@ -399,3 +399,23 @@ def test_mask_unvoiced_f0_silences_the_harmonic_source_on_unvoiced_frames_only()
     audio_off, f0_off = off.infer(c, f0, uv, noise_scale=0.4)
     assert torch.equal(f0_on, f0_off)  # the F0 reported back stays the contour that was asked for
     assert (audio_on - audio_off).abs().max() > 1e-3 * audio_off.abs().max()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_ffn_in_pieces_equals_the_whole_sequence(causal, monkeypatch):
+    """Long inputs at inference run the FFN piece by piece with the convolutions' context: same values."""
+    from modules import attentions
+
+    torch.manual_seed(0)
+    ffn = attentions.FFN(8, 8, 32, 3, p_dropout=0.1, causal=causal).eval()
+    x, mask = torch.randn(1, 8, 100), torch.ones(1, 1, 100)
+    mask[..., 90:] = 0
+    with torch.no_grad():
+        whole = ffn(x, mask)
+        monkeypatch.setattr(attentions, "FFN_CHUNK_FRAMES", 16)
+        calls = []
+        original_conv = ffn.conv_1.forward
+        monkeypatch.setattr(ffn.conv_1, "forward", lambda t: calls.append(t.size(-1)) or original_conv(t))
+        pieces = ffn(x, mask)
+    assert len(calls) == 7 and max(calls) <= 16 + 2 * 2 + 2  # 7 pieces of 16 frames, context and padding
+    assert torch.equal(pieces, whole)
