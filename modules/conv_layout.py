@@ -179,33 +179,17 @@ def power_of_two_groups(n: int) -> list[tuple[int, int]]:
     return groups
 
 
-def tiled_leaky_relu_conv(conv: nn.Conv1d, x: torch.Tensor, slope: float, tiles: TimeTiles,
-                          out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
-    """conv(leaky_relu(x)) for a stride-1, length-preserving, zero-padded Conv1d on a channels-last
-    [1, C, 1, n*size] sequence, computed tile by tile in one batched call (no gradients). The activation
-    is written straight into the haloed tiles, so the tiling costs no extra pass over the data. Zeroes
-    x's padding in place. Other convolutions fall back to `apply_conv` on the whole sequence.
-
-    With `out` (channels-last, the output's shape) the result is written there, or added to it with
-    `accumulate` (oneDNN adds it as the convolution's output is stored), and `out` is returned: a
-    decoder that cycles a few such buffers allocates nothing per convolution. That matters because torch
-    allocates CPU tensors with posix_memalign, and glibc cannot reuse a freed aligned block for the next
-    request of the same size (it asks for the size plus the alignment), so equal-sized activations
-    freed and allocated in turn grow the heap by one activation each time."""
+def _haloed_tiles(x: torch.Tensor, slope: float, tiles: TimeTiles, halo: int) -> torch.Tensor:
+    """leaky_relu(x) as channels-last [n, C, 1, size + 2*halo] tiles, each with its neighbours' edge samples
+    (zeros at the sequence's ends), in the tiles' workspace. Zeroes x's padding in place first."""
     zero_padding_(x, tiles.valid)
-    weight = conv_weight(conv)
-    d, k = conv.dilation[0], conv.kernel_size[0]
-    halo = conv.padding[0] if isinstance(conv.padding, tuple) else -1
-    if (weight is None or conv.stride[0] != 1 or conv.padding_mode != "zeros" or 2 * halo != d * (k - 1)
-            or halo > tiles.size or x.size(0) != 1 or x.size(-1) != tiles.n * tiles.size):
-        return _store(apply_conv(conv, F.leaky_relu(x, slope)), out, accumulate)
-    n, size = tiles.n, tiles.size
-    src = _as_tiles(x, n)
-    c, width = x.size(1), size + 2 * halo
+    n, size, c = tiles.n, tiles.size, x.size(1)
+    width = size + 2 * halo
     raw = tiles.workspace
     if raw is None or raw.numel() < n * c * width or raw.dtype != x.dtype:
         raw = torch.empty(n * c * width, dtype=x.dtype, device=x.device)
     buf = raw.as_strided((n, c, 1, width), (width * c, 1, width * c, c))  # channels-last, contiguous
+    src = _as_tiles(x, n)
     torch._C._nn.leaky_relu(src, slope, out=buf[..., halo:halo + size])
     if halo:
         buf[:1, ..., :halo].zero_()  # the sequence's own zero padding
@@ -213,17 +197,103 @@ def tiled_leaky_relu_conv(conv: nn.Conv1d, x: torch.Tensor, slope: float, tiles:
         if n > 1:
             torch._C._nn.leaky_relu(src[:-1, ..., size - halo:], slope, out=buf[1:, ..., :halo])
             torch._C._nn.leaky_relu(src[1:, ..., :halo], slope, out=buf[:-1, ..., halo + size:])
-    if out is not None and _fused_add_available() and not torch.is_autocast_enabled(x.device.type):
+    return buf
+
+
+def _convolve_tiles(buf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, groups: int,
+                    out: torch.Tensor | None, accumulate: bool) -> torch.Tensor:
+    """The unpadded convolution of haloed tiles [n, C, 1, size + 2*halo] -> channels-last [n, C', 1, size],
+    written into / added to `out` (a channels-last tensor of that shape) when given."""
+    n, kernel = buf.size(0), weight.unsqueeze(2)
+    if out is not None and _fused_add_available() and not torch.is_autocast_enabled(buf.device.type):
         if not accumulate:
             out.zero_()
-        target, kernel = _as_tiles(out, n), weight.unsqueeze(2)
         for a, b in power_of_two_groups(n):
-            torch.ops.mkldnn._convolution_pointwise_(target[a:b], buf[a:b], kernel, conv.bias, [0, 0], [1, 1],
-                                                     [1, d], conv.groups, "add", 1.0, None, [], None)
+            torch.ops.mkldnn._convolution_pointwise_(out[a:b], buf[a:b], kernel, bias, [0, 0], [1, 1],
+                                                     [1, dilation], groups, "add", 1.0, None, [], None)
         return out
-    y = F.conv2d(buf, weight.unsqueeze(2), conv.bias, 1, 0, (1, d), conv.groups)
-    del buf
-    return _store(_from_tiles(y), out, accumulate)
+    y = F.conv2d(buf, kernel, bias, 1, 0, (1, dilation), groups)
+    if out is None:
+        return y
+    return out.add_(y) if accumulate else out.copy_(y)
+
+
+def tiled_leaky_relu_conv(conv: nn.Conv1d, x: torch.Tensor, slope: float, tiles: TimeTiles,
+                          out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
+    """conv(leaky_relu(x)) for a stride-1, length-preserving, zero-padded Conv1d on a channels-last
+    [1, C, 1, n*size] sequence, computed tile by tile (no gradients). The activation is written straight
+    into the haloed tiles, so the tiling costs no extra pass over the data. Zeroes x's padding in place.
+    Other convolutions fall back to `apply_conv` on the whole sequence.
+
+    With `out` (channels-last, the output's shape) the result is written there, or added to it with
+    `accumulate` (oneDNN adds it as the convolution's output is stored), and `out` is returned: a
+    decoder that cycles a few such buffers allocates nothing per convolution. That matters because torch
+    allocates CPU tensors with posix_memalign, and glibc cannot reuse a freed aligned block for the next
+    request of the same size (it asks for the size plus the alignment), so equal-sized activations
+    freed and allocated in turn grow the heap by one activation each time."""
+    weight = conv_weight(conv)
+    d, k = conv.dilation[0], conv.kernel_size[0]
+    halo = conv.padding[0] if isinstance(conv.padding, tuple) else -1
+    if (weight is None or conv.stride[0] != 1 or conv.padding_mode != "zeros" or 2 * halo != d * (k - 1)
+            or halo > tiles.size or x.size(0) != 1 or x.size(-1) != tiles.n * tiles.size):
+        zero_padding_(x, tiles.valid)
+        return _store(apply_conv(conv, F.leaky_relu(x, slope)), out, accumulate)
+    buf = _haloed_tiles(x, slope, tiles, halo)
+    target = None if out is None else _as_tiles(out, tiles.n)
+    y = _convolve_tiles(buf, weight, conv.bias, d, conv.groups, target, accumulate)
+    return out if out is not None else _from_tiles(y)
+
+
+def polyphase_kernel(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A ConvTranspose1d of stride u whose output is u times its input (kernel - 2 * padding == u) and
+    whose taps reach one input sample either side, as a regular kernel-3 Conv1d with u * C_out output
+    channels ordered (phase, channel): output sample m*u + r, channel c is that conv's channel
+    r*C_out + c at position m, so in channels-last memory its output IS the upsampled sequence. None when
+    the convolution has another shape. The kernel has one zero tap per phase (1.5x the transposed conv's
+    multiplications); in exchange it runs in tiles, whose oneDNN primitives do not depend on the length."""
+    u, k, p = conv.stride[0], conv.kernel_size[0], conv.padding[0]
+    weight = conv_weight(conv)  # [C_in, C_out, k]
+    if (weight is None or conv.groups != 1 or conv.dilation[0] != 1 or conv.output_padding[0] != 0
+            or k - 2 * p != u or conv.padding_mode != "zeros"):
+        return None
+    if -((u - 1 + p) // u) < -1 or (k - 1 - p) // u > 1:
+        return None  # some tap reaches further than one input sample
+    taps = [(t, r) for r in range(u) for t in (-1, 0, 1) if 0 <= t * u + r + p < k]
+    # A plain weight changes in place (version bump) or by replacement (new address); a weight-norm weight
+    # is recomputed at every call and may reuse an address, so only plain weights are cached.
+    bias = conv.bias
+    key = None if conv._forward_pre_hooks else (weight.data_ptr(), weight._version, weight.dtype,
+                                                 None if bias is None else (bias.data_ptr(), bias._version))
+    cached = getattr(conv, "_polyphase_cache", None)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    c_in, c_out = weight.shape[:2]
+    with torch.no_grad():
+        kernel = weight.new_zeros(u, c_out, c_in, 3)
+        for t, r in taps:
+            kernel[r, :, :, 1 - t] = weight[:, :, t * u + r + p].t()
+        kernel = kernel.reshape(u * c_out, c_in, 3).transpose(1, 2).contiguous().transpose(1, 2)
+        bias = None if bias is None else bias.detach().repeat(u)
+    if key is not None:
+        conv._polyphase_cache = (key, kernel, bias)
+    return kernel, bias
+
+
+def tiled_leaky_relu_upsample(conv: nn.ConvTranspose1d, x: torch.Tensor, slope: float, tiles: TimeTiles,
+                              out: torch.Tensor) -> torch.Tensor | None:
+    """conv(leaky_relu(x)) for an upsampling ConvTranspose1d (see `polyphase_kernel`) on a tiled channels-last
+    sequence, written into `out` (channels-last [1, C_out, 1, n*size*u]); None when this conv has another
+    shape (the caller then runs it whole)."""
+    found = polyphase_kernel(conv)
+    if found is None or x.size(0) != 1 or x.size(-1) != tiles.n * tiles.size:
+        return None
+    kernel, bias = found
+    n, size = tiles.n, tiles.size
+    buf = _haloed_tiles(x, slope, tiles, 1)
+    phases = kernel.size(0)
+    target = out.as_strided((n, phases, 1, size), (size * phases, 1, size * phases, phases))
+    _convolve_tiles(buf, kernel, bias, 1, 1, target, accumulate=False)
+    return out
 
 
 def _store(y: torch.Tensor, out: torch.Tensor | None, accumulate: bool) -> torch.Tensor:

@@ -8,7 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import weight_norm
-from modules.conv_layout import TimeTiles, apply_conv, from_nwc, tiled_leaky_relu_conv, to_nwc, wants_nwc
+from modules.conv_layout import (
+    TimeTiles,
+    apply_conv,
+    from_nwc,
+    polyphase_kernel,
+    power_of_two_groups,
+    tiled_leaky_relu_conv,
+    tiled_leaky_relu_upsample,
+    to_nwc,
+    wants_nwc,
+)
 from modules.lean_autograd import leaky_relu_conv
 from vdecoder import nsf_hifigan
 from vdecoder.nsf_hifigan import Generator, GeneratorConfig
@@ -93,6 +103,44 @@ def test_tiled_leaky_relu_conv_matches_the_zero_padded_conv(valid, n, size, targ
     torch.testing.assert_close(from_nwc(y)[..., :valid], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("rate", "kernel"), [(2, 4), (8, 16), (4, 8)])
+@pytest.mark.parametrize(("valid", "n", "size"), [(40, 4, 10), (33, 4, 10), (37, 1, 40)])
+def test_tiled_upsample_matches_the_transposed_conv(rate, kernel, valid, n, size):
+    """The decoder's upsampling ConvTranspose1d as a polyphase conv in tiles: same values, written into the
+    given buffer, garbage in the padding ignored."""
+    torch.manual_seed(6)
+    conv = nn.ConvTranspose1d(16, 8, kernel, rate, padding=(kernel - rate + 1) // 2)
+    seq = torch.randn(1, 16, valid)
+    x = to_nwc(F.pad(seq, (0, n * size - valid), value=5.0))
+    out = to_nwc(torch.full((1, 8, n * size * rate), 9.0))
+    with torch.no_grad():
+        expected = conv(F.leaky_relu(seq, 0.1))
+        y = tiled_leaky_relu_upsample(conv, x, 0.1, TimeTiles(n, size, valid), out)
+    assert y is out and expected.shape[-1] == valid * rate
+    torch.testing.assert_close(from_nwc(y)[..., :valid * rate], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_polyphase_kernel_refuses_other_shapes_and_follows_weight_updates():
+    assert polyphase_kernel(nn.ConvTranspose1d(4, 4, 3, 2, padding=1)) is None  # output 2T - 1, not 2T
+    assert polyphase_kernel(nn.ConvTranspose1d(4, 4, 12, 2, padding=5)) is None  # taps 2 samples away
+    conv = nn.ConvTranspose1d(4, 2, 4, 2, padding=1)
+    first, _ = polyphase_kernel(conv)
+    assert polyphase_kernel(conv)[0] is first  # cached while the weight is unchanged
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    second, bias = polyphase_kernel(conv)
+    torch.testing.assert_close(second, 2 * first)
+    with torch.no_grad():
+        conv.bias.add_(1)
+    torch.testing.assert_close(polyphase_kernel(conv)[1], bias + 1)
+
+
+def test_power_of_two_groups():
+    assert power_of_two_groups(27) == [(0, 16), (16, 24), (24, 26), (26, 27)]
+    assert power_of_two_groups(1) == [(0, 1)]
+    assert power_of_two_groups(8) == [(0, 8)]
+
+
 def test_time_tiles_reject_padding_beyond_the_last_tile():
     with pytest.raises(ValueError, match="last tile"):
         TimeTiles(4, 25, 75)
@@ -110,12 +158,16 @@ def test_decoder_output_matches_the_plain_layout(activation, batch, tile_frames,
     x, cond = torch.randn(batch, 24, frames), torch.randn(batch, 8, 1)
     torch.manual_seed(3)
     source = dec.excitation(220 + 50 * torch.rand(batch, frames))
-    calls = []
+    calls, upsampled = [], []
     monkeypatch.setattr(nsf_hifigan, "to_nwc", lambda t: calls.append(t.shape) or to_nwc(t))
+    monkeypatch.setattr(nsf_hifigan, "tiled_leaky_relu_upsample",
+                        lambda *a: upsampled.append(tiled_leaky_relu_upsample(*a)) or upsampled[-1])
     with torch.no_grad():
         out = dec.synthesize(x, source, cond)
         padded = {(2, 32): 50, (1, 32): 50, (1, 8): 56}[(batch, tile_frames)]  # 2 tiles of 25 / 7 of 8
         assert calls == ([(batch, 24, padded)] if activation == "leaky_relu" else [])  # snake keeps [B, C, T]
+        tiled = activation == "leaky_relu" and batch == 1
+        assert len(upsampled) == (3 if tiled else 0) and all(u is not None for u in upsampled)  # polyphase ups
         monkeypatch.setattr(nsf_hifigan, "wants_nwc", lambda x: False)
         plain = dec.synthesize(x, source, cond)
     assert out.shape == plain.shape == (batch, 1, frames * 32)

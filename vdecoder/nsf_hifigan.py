@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.commons import LRELU_SLOPE, get_padding, remove_all_weight_norm, weight_norm
-from modules.conv_layout import TimeTiles, apply_conv, tiled_leaky_relu_conv, to_nwc, wants_nwc, zero_padding_
+from modules.conv_layout import (
+    TimeTiles,
+    apply_conv,
+    tiled_leaky_relu_conv,
+    tiled_leaky_relu_upsample,
+    to_nwc,
+    wants_nwc,
+    zero_padding_,
+)
 from modules.lean_autograd import leaky_relu_conv
 
 ACTIVATIONS = ("leaky_relu", "snake")
@@ -236,10 +244,9 @@ class ResBlock2(nn.Module):
         return x
 
 
-def _nwc_view(buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A channels-last tensor shaped like `like` [1, C, 1, L], on the front of a 1-D `buffer`."""
-    _, c, _, length = like.shape
-    return buffer.as_strided((1, c, 1, length), (c * length, 1, c * length, c))
+def _nwc_view(buffer: torch.Tensor, channels: int, length: int) -> torch.Tensor:
+    """A channels-last [1, channels, 1, length] tensor on the front of a 1-D `buffer`."""
+    return buffer.as_strided((1, channels, 1, length), (channels * length, 1, channels * length, channels))
 
 
 # ----------------------------------------------------------------------------------- source
@@ -382,13 +389,25 @@ class Generator(nn.Module):
         workspace, pool = None, None
         if tiled:
             workspace = x.new_empty(self._tile_workspace(padded, n_tiles))
-            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(3)]  # reused by every stage
+            # sum, middle activation, block output, stage input: reused by every stage
+            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(4)]
         scale = 1  # samples per frame at this stage
         for i in range(self.num_upsamples):
-            if tiled:
-                zero_padding_(x, frames * scale)
-            x = self.ups[i](self.snakes[i](x)) if hasattr(self, "snakes") else leaky_relu_conv(self.ups[i], x, LRELU_SLOPE)
-            scale *= self.config.upsample_rates[i]
+            rate = self.config.upsample_rates[i]
+            upsampled = None
+            if tiled:  # into the stage buffer, in tiles (the same oneDNN primitives for any length)
+                in_tiles = TimeTiles(n_tiles, x.size(-1) // n_tiles, frames * scale, workspace)
+                stage = _nwc_view(pool[3], self.ups[i].out_channels, x.size(-1) * rate)
+                upsampled = tiled_leaky_relu_upsample(self.ups[i], x, LRELU_SLOPE, in_tiles, stage)
+            if upsampled is not None:
+                x = upsampled
+            elif hasattr(self, "snakes"):
+                x = self.ups[i](self.snakes[i](x))
+            else:
+                if tiled:
+                    zero_padding_(x, frames * scale)
+                x = leaky_relu_conv(self.ups[i], x, LRELU_SLOPE)
+            scale *= rate
             noise = apply_conv(self.noise_convs[i], har_source)
             x = x.add_(noise) if tiled else x + noise
             tiles = None
@@ -411,7 +430,7 @@ class Generator(nn.Module):
         (sum, middle activation, block output) instead of allocating."""
         blocks = self.resblocks[stage * self.num_kernels:(stage + 1) * self.num_kernels]
         if tiles is not None and pool is not None and all(isinstance(block, ResBlock1) for block in blocks):
-            acc, scratch, block_out = (_nwc_view(buffer, x) for buffer in pool)
+            acc, scratch, block_out = (_nwc_view(buffer, x.size(1), x.size(-1)) for buffer in pool[:3])
             for j, block in enumerate(blocks):
                 y = block.forward_into(x, tiles, acc if j == 0 else block_out, scratch)
                 if j:
