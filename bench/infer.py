@@ -37,8 +37,9 @@ from pathlib import Path
 
 from modules.config import PROJECT_ROOT
 
-TARGETS = "targets: fp32 RTF <= 0.35 at 10 s and within 1.1x of that at 60 s / 10 min; peak <= 2 GB at 10 min; " \
-          "fast RTF <= 0.2 with SNR >= 30 dB vs fp32"
+TARGETS = ("targets (2 threads, fp32): RTF <= 0.6 at 10 s, 60 s and 10 min, 60 s and 10 min within 1.05x of the "
+           "10 s RTF, peak <= 2 GB at 10 min; with --original: time <= 0.5x at 10 s and <= 0.33x at 60 s, memory "
+           "<= 0.5x at 10 s; fast mode SNR >= 30 dB vs fp32")
 
 
 def _continuous_f0(n_frames: int, sr: int, hop: int, seed: int = 0):
