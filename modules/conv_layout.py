@@ -164,21 +164,6 @@ def _fused_add_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
 
 
-def power_of_two_groups(n: int) -> list[tuple[int, int]]:
-    """[0, n) cut into runs whose lengths are n's binary digits, largest first (27 -> 16, 8, 2, 1).
-
-    oneDNN builds (and JIT-compiles) a primitive for every input shape, about 2-3 ms each, ~0.2-0.3 s
-    for a decoder window; convolving tiles in power-of-two batches makes the shapes the same for every
-    window length, so a conversion's later pieces reuse the first ones' primitives."""
-    groups, start, size = [], 0, 1 << max(n.bit_length() - 1, 0)
-    while size:
-        if n - start >= size:
-            groups.append((start, start + size))
-            start += size
-        size >>= 1
-    return groups
-
-
 def _haloed_tiles(x: torch.Tensor, slope: float, tiles: TimeTiles, halo: int) -> torch.Tensor:
     """leaky_relu(x) as channels-last [n, C, 1, size + 2*halo] tiles, each with its neighbours' edge samples
     (zeros at the sequence's ends), in the tiles' workspace. Zeroes x's padding in place first."""
@@ -204,13 +189,12 @@ def _convolve_tiles(buf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                     out: torch.Tensor | None, accumulate: bool) -> torch.Tensor:
     """The unpadded convolution of haloed tiles [n, C, 1, size + 2*halo] -> channels-last [n, C', 1, size],
     written into / added to `out` (a channels-last tensor of that shape) when given."""
-    n, kernel = buf.size(0), weight.unsqueeze(2)
+    kernel = weight.unsqueeze(2)
     if out is not None and _fused_add_available() and not torch.is_autocast_enabled(buf.device.type):
         if not accumulate:
             out.zero_()
-        for a, b in power_of_two_groups(n):
-            torch.ops.mkldnn._convolution_pointwise_(out[a:b], buf[a:b], kernel, bias, [0, 0], [1, 1],
-                                                     [1, dilation], groups, "add", 1.0, None, [], None)
+        torch.ops.mkldnn._convolution_pointwise_(out, buf, kernel, bias, [0, 0], [1, 1], [1, dilation], groups,
+                                                 "add", 1.0, None, [], None)
         return out
     y = F.conv2d(buf, kernel, bias, 1, 0, (1, dilation), groups)
     if out is None:
@@ -250,7 +234,10 @@ def polyphase_kernel(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tens
     channels ordered (phase, channel): output sample m*u + r, channel c is that conv's channel
     r*C_out + c at position m, so in channels-last memory its output IS the upsampled sequence. None when
     the convolution has another shape. The kernel has one zero tap per phase (1.5x the transposed conv's
-    multiplications); in exchange it runs in tiles, whose oneDNN primitives do not depend on the length."""
+    multiplications, +1% of the decoder's time); in exchange it runs in fixed-width tiles. oneDNN sets up
+    a transposed convolution on a whole sequence anew for every length (35-41 ms per layer, up to 0.15 s a
+    window, paid by every piece of a song whose length is new); for tiles only the batch size changes,
+    which costs next to nothing."""
     u, k, p = conv.stride[0], conv.kernel_size[0], conv.padding[0]
     weight = conv_weight(conv)  # [C_in, C_out, k]
     if (weight is None or conv.groups != 1 or conv.dilation[0] != 1 or conv.output_padding[0] != 0

@@ -13,7 +13,6 @@ from modules.conv_layout import (
     apply_conv,
     from_nwc,
     polyphase_kernel,
-    power_of_two_groups,
     tiled_leaky_relu_conv,
     tiled_leaky_relu_upsample,
     to_nwc,
@@ -133,12 +132,6 @@ def test_polyphase_kernel_refuses_other_shapes_and_follows_weight_updates():
     with torch.no_grad():
         conv.bias.add_(1)
     torch.testing.assert_close(polyphase_kernel(conv)[1], bias + 1)
-
-
-def test_power_of_two_groups():
-    assert power_of_two_groups(27) == [(0, 16), (16, 24), (24, 26), (26, 27)]
-    assert power_of_two_groups(1) == [(0, 1)]
-    assert power_of_two_groups(8) == [(0, 8)]
 
 
 def test_time_tiles_reject_padding_beyond_the_last_tile():

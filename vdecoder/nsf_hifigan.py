@@ -427,12 +427,15 @@ class Generator(nn.Module):
     def _resblock_mean(self, stage: int, x: torch.Tensor, tiles: TimeTiles | None,
                        pool: list[torch.Tensor] | None) -> torch.Tensor:
         """The mean of the stage's residual blocks on x. Tiled inference writes into the `pool` buffers
-        (sum, middle activation, block output) instead of allocating."""
+        (sum, middle activation, block output) instead of allocating, and the last block works in x itself
+        (nothing reads x after it)."""
         blocks = self.resblocks[stage * self.num_kernels:(stage + 1) * self.num_kernels]
         if tiles is not None and pool is not None and all(isinstance(block, ResBlock1) for block in blocks):
             acc, scratch, block_out = (_nwc_view(buffer, x.size(1), x.size(-1)) for buffer in pool[:3])
+            in_place = x.is_contiguous(memory_format=torch.channels_last)
             for j, block in enumerate(blocks):
-                y = block.forward_into(x, tiles, acc if j == 0 else block_out, scratch)
+                last = j == len(blocks) - 1
+                y = block.forward_into(x, tiles, acc if j == 0 else (x if last and in_place else block_out), scratch)
                 if j:
                     acc.add_(y)
             return acc.div_(self.num_kernels)
