@@ -277,10 +277,12 @@ class FFN(nn.Module):
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         if not (self.training or torch.is_grad_enabled() or exporting()) and x.size(-1) > 2 * FFN_CHUNK_FRAMES:
             return self._forward_in_pieces(x, x_mask)
+        return self._convolutions(x, x_mask) * x_mask
+
+    def _convolutions(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         x = self.conv_1(self._pad(x * x_mask))
         # conv_2(pad(drop(relu(x)) * x_mask)), keeping less for the backward pass when training
-        x = relu_dropout_conv(x, x_mask, self.conv_2, self._padding(), self.drop)
-        return x * x_mask
+        return relu_dropout_conv(x, x_mask, self.conv_2, self._padding(), self.drop)
 
     def _forward_in_pieces(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         """forward() piece by piece over time: each output frame needs 2 * padding frames of context on
@@ -291,8 +293,7 @@ class FFN(nn.Module):
         for a in range(0, length, FFN_CHUNK_FRAMES):
             b = min(a + FFN_CHUNK_FRAMES, length)
             xa, xb = max(a - left, 0), min(b + right, length)
-            piece = self.conv_1(self._pad(x[..., xa:xb] * x_mask[..., xa:xb]))
-            piece = relu_dropout_conv(piece, x_mask[..., xa:xb], self.conv_2, self._padding(), self.drop)
+            piece = self._convolutions(x[..., xa:xb], x_mask[..., xa:xb])
             out[..., a:b] = piece[..., a - xa:b - xa] * x_mask[..., a:b]
         return out
 

@@ -47,11 +47,10 @@ def conv_args(conv: nn.Conv1d | nn.ConvTranspose1d, nwc: bool) -> tuple:
     `nwc` (a unit first spatial dimension)."""
     transposed = isinstance(conv, nn.ConvTranspose1d)
     output_padding = list(conv.output_padding) if transposed else [0]
-    conf = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, transposed, output_padding]
-    if nwc:
-        for i in (0, 1, 2, 5):
-            conf[i] = [0 if i in (1, 5) else 1] + conf[i]
-    return tuple(conf)
+    stride, padding, dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+    if nwc:  # the unit height: stride and dilation 1, no padding
+        stride, padding, dilation, output_padding = [1] + stride, [0] + padding, [1] + dilation, [0] + output_padding
+    return stride, padding, dilation, conv.groups, transposed, output_padding
 
 
 def convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
@@ -196,10 +195,7 @@ def _convolve_tiles(buf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         torch.ops.mkldnn._convolution_pointwise_(out, buf, kernel, bias, [0, 0], [1, 1], [1, dilation], groups,
                                                  "add", 1.0, None, [], None)
         return out
-    y = F.conv2d(buf, kernel, bias, 1, 0, (1, dilation), groups)
-    if out is None:
-        return y
-    return out.add_(y) if accumulate else out.copy_(y)
+    return _store(F.conv2d(buf, kernel, bias, 1, 0, (1, dilation), groups), out, accumulate)
 
 
 def tiled_leaky_relu_conv(conv: nn.Conv1d, x: torch.Tensor, slope: float, tiles: TimeTiles,

@@ -46,8 +46,8 @@ class _LeakyReLUConv(torch.autograd.Function):
         a = F.leaky_relu(x, ctx.slope)
         nwc = x.dim() == 4 and weight.dim() == 3  # a 1-D kernel applied as 2-D (modules.conv_layout)
         grad_a, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, a, weight.unsqueeze(2) if nwc else weight, ctx.bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
-            [need_x, need_w, need_b and ctx.bias_sizes is not None],
+            grad_out, a, weight.unsqueeze(2) if nwc else weight, ctx.bias_sizes, stride, padding, dilation,
+            transposed, output_padding, groups, [need_x, need_w, need_b and ctx.bias_sizes is not None],
         )
         del a
         if nwc and grad_w is not None:

@@ -244,6 +244,11 @@ class ResBlock2(nn.Module):
         return x
 
 
+def _stage_tile_count(n_tiles: int, frames: int, scale: int) -> int:
+    """Tiles for a stage of `scale` samples per frame: n_tiles, or 1 where tiles would be too short."""
+    return n_tiles if frames // n_tiles * scale >= MIN_TILE_SAMPLES else 1
+
+
 def _nwc_view(buffer: torch.Tensor, channels: int, length: int) -> torch.Tensor:
     """A channels-last [1, channels, 1, length] tensor on the front of a 1-D `buffer`."""
     return buffer.as_strided((1, channels, 1, length), (channels * length, 1, channels * length, channels))
@@ -388,14 +393,15 @@ class Generator(nn.Module):
         har_source = har_source.to(x.dtype)
         workspace, pool = None, None
         if tiled:
-            workspace = x.new_empty(self._tile_workspace(padded, n_tiles))
+            workspace_size, stage_size = self._tile_buffers(padded, n_tiles)
+            workspace = x.new_empty(workspace_size)
             # sum, middle activation, block output, stage input: reused by every stage
-            pool = [x.new_empty(self._widest_stage(padded)) for _ in range(4)]
+            pool = [x.new_empty(stage_size) for _ in range(4)]
         scale = 1  # samples per frame at this stage
         for i in range(self.num_upsamples):
             rate = self.config.upsample_rates[i]
             upsampled = None
-            if tiled:  # into the stage buffer, in tiles (the same oneDNN primitives for any length)
+            if tiled:  # into the stage buffer, in tiles (see modules.conv_layout.polyphase_kernel)
                 in_tiles = TimeTiles(n_tiles, x.size(-1) // n_tiles, frames * scale, workspace)
                 stage = _nwc_view(pool[3], self.ups[i].out_channels, x.size(-1) * rate)
                 upsampled = tiled_leaky_relu_upsample(self.ups[i], x, LRELU_SLOPE, in_tiles, stage)
@@ -412,9 +418,9 @@ class Generator(nn.Module):
             x = x.add_(noise) if tiled else x + noise
             tiles = None
             if tiled:
-                n = n_tiles if padded // n_tiles * scale >= MIN_TILE_SAMPLES else 1
+                n = _stage_tile_count(n_tiles, padded, scale)
                 tiles = TimeTiles(n, x.size(-1) // n, frames * scale, workspace)
-            x = self._resblock_mean(i, x, tiles, pool if tiled else None)
+            x = self._resblock_mean(i, x, tiles, pool)
         if hasattr(self, "snake_post"):
             return torch.tanh(self.conv_post(self.snake_post(x)))
         if tiled:
@@ -445,24 +451,18 @@ class Generator(nn.Module):
             acc = y if acc is None else (acc.add_(y) if tiles is not None else acc + y)
         return acc.div_(self.num_kernels) if tiles is not None else acc / self.num_kernels
 
-    def _widest_stage(self, frames: int) -> int:
-        """Elements of the largest stage activation for `frames` frames."""
-        largest, scale, channels = 0, 1, self.config.upsample_initial_channel
-        for rate in self.config.upsample_rates:
-            scale, channels = scale * rate, channels // 2
-            largest = max(largest, channels * frames * scale)
-        return largest
-
-    def _tile_workspace(self, frames: int, n_tiles: int) -> int:
-        """Elements of the largest haloed tile buffer any stage of `frames` frames needs."""
+    def _tile_buffers(self, frames: int, n_tiles: int) -> tuple[int, int]:
+        """Elements of (the largest haloed tile buffer, the largest stage activation) for `frames` padded
+        frames cut into `n_tiles` tiles."""
         halo = max(conv.padding[0] for block in self.resblocks for conv in block.modules()
                    if isinstance(conv, nn.Conv1d))
-        largest, scale, channels = 0, 1, self.config.upsample_initial_channel
+        workspace, stage, scale, channels = 0, 0, 1, self.config.upsample_initial_channel
         for rate in self.config.upsample_rates:
             scale, channels = scale * rate, channels // 2
-            n = n_tiles if frames // n_tiles * scale >= MIN_TILE_SAMPLES else 1
-            largest = max(largest, channels * (frames * scale + 2 * halo * n))
-        return largest
+            n = _stage_tile_count(n_tiles, frames, scale)
+            workspace = max(workspace, channels * (frames * scale + 2 * halo * n))
+            stage = max(stage, channels * frames * scale)
+        return workspace, stage
 
     def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         return self.synthesize(x, self.excitation(f0), g)
