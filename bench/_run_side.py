@@ -1,6 +1,6 @@
 """One synthesizer measurement in a fresh process, for `python -m bench.infer --original PATH`.
 
-Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS OUT_AUDIO`. It is
+Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS DEVICE OUT_AUDIO`. It is
 imported only for its two helpers: `_import_root` (bench/_train_side.py) and `state_digests` (also
 bench.infer and bench.train, to check what a side loaded).
 SIDE is "ours" or "original"; ROOT is the folder whose `models.py` and packages are imported. Both
@@ -14,7 +14,9 @@ its own process with only its own root on the import path.
 - ours: `SvcEngine.load(G_FILE, CONFIG)` and `engine.synthesize` (chunked flow and decoder).
 
 INPUTS is an .npz with units c [1, ssl_dim, T], f0 [1, T] and uv [1, T] (the same for both sides). Both
-sides run one short warm-up first. Prints one line `RESULT {json}` (seconds, peak RSS in MB; for the
+sides run one short warm-up first. DEVICE is "cpu" or a CUDA device; on CUDA the timing waits for the
+GPU to finish and the peak is torch's largest allocation on it. Prints one line `RESULT {json}` (seconds,
+peak memory in MB: resident memory on the CPU; for the
 original also `weights`, a digest per tensor of the loaded model, see `state_digests`: the checkout's
 loader keeps the fresh initialisation of any tensor the file lacks or shapes differently, with a mere
 print, so the caller compares these with the file); with OUT_AUDIO other than "-", also saves the audio
@@ -55,7 +57,7 @@ def state_digests(state) -> dict[str, str]:
     return digests
 
 
-def _original(root: str, g_file: str, config: str):
+def _original(root: str, g_file: str, config: str, device):
     import torch
     import utils  # the checkout's utils.py
 
@@ -66,20 +68,22 @@ def _original(root: str, g_file: str, config: str):
                            **hps.model)
     utils.load_checkpoint(g_file, net_g, None)
     net_g.eval()
-    sid = torch.LongTensor([[0]])
+    digests = state_digests(net_g.state_dict())
+    net_g.to(device)
+    sid = torch.LongTensor([[0]]).to(device)
 
     def run(c, f0, uv):
         with torch.no_grad():
             audio, _ = net_g.infer(c, f0, uv, g=sid, noice_scale=0.4)
         return audio
 
-    return run, {"weights": state_digests(net_g.state_dict())}
+    return run, {"weights": digests}
 
 
-def _ours(root: str, g_file: str, config: str):
+def _ours(root: str, g_file: str, config: str, device):
     from modules.inference import PieceFeatures, SvcEngine
 
-    engine = SvcEngine.load(g_file, config, device="cpu", encoder=object())
+    engine = SvcEngine.load(g_file, config, device=str(device), encoder=object())
     g = engine.speaker_condition(0)
 
     def run(c, f0, uv):
@@ -90,24 +94,34 @@ def _ours(root: str, g_file: str, config: str):
 
 
 def main(argv: list[str]) -> int:
-    side, root, g_file, config, inputs, threads, out_audio = argv
+    side, root, g_file, config, inputs, threads, device_name, out_audio = argv
     _import_root(root)
     os.chdir(root)
     import numpy as np
     import torch
 
     torch.set_num_threads(int(threads))
+    device = torch.device(device_name)
+    on_gpu = device.type == "cuda"
     data = np.load(inputs)
-    c, f0, uv = (torch.from_numpy(data[k]) for k in ("c", "f0", "uv"))
-    run, info = (_original if side == "original" else _ours)(root, g_file, config)
+    c, f0, uv = (torch.from_numpy(data[k]).to(device) for k in ("c", "f0", "uv"))
+    run, info = (_original if side == "original" else _ours)(root, g_file, config, device)
     warm = min(200, c.shape[-1])
     run(c[..., :warm], f0[:, :warm], uv[:, :warm])
+    if on_gpu:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     audio = run(c, f0, uv)
+    if on_gpu:
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    if on_gpu:
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     if out_audio != "-":
-        np.save(out_audio, audio.float().reshape(-1).numpy())
+        np.save(out_audio, audio.float().reshape(-1).cpu().numpy())
     print("RESULT " + json.dumps({"side": side, "seconds_taken": round(elapsed, 3), "peak_mb": round(peak_mb),
                                   **info}))
     return 0

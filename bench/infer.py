@@ -195,10 +195,10 @@ def weights_mismatch(digests: dict[str, str], checkpoint: Path) -> list[str]:
 
 
 def run_side(side: str, root: Path, g_file: Path, config: Path, inputs: Path, threads: int,
-             audio_out: Path | None) -> dict:
+             audio_out: Path | None, device: str = "cpu") -> dict:
     """One fresh-process measurement of one side (bench/_run_side.py); for the original, first checks
     that its network holds exactly the G file's tensors (its loader would keep fresh ones silently)."""
-    args = [str(g_file), str(config), str(inputs), str(threads), str(audio_out) if audio_out else "-"]
+    args = [str(g_file), str(config), str(inputs), str(threads), device, str(audio_out) if audio_out else "-"]
     result = run_side_process(SIDE_RUNNER, side, root, args, threads)
     digests = result.pop("weights", None)
     if digests is not None:
@@ -221,6 +221,8 @@ def compare_table(rows: list[dict]) -> str:
     for row in rows:
         ours, t_ours, mb_ours = _side_cell(row["ours"], row["seconds"])
         case = f"synthesizer, {row['seconds']:g} s of audio"
+        if row.get("device", "cpu") != "cpu":
+            case += f" ({row['device']})"
         if not row["original"]:
             lines.append(f"| {case} | (not run) | {ours} | |")
             continue
@@ -258,7 +260,7 @@ def compare(args: argparse.Namespace, durations: list[float]) -> int:
                     audio = tmp / f"{side}.npy" if rep == 0 and seconds <= 10 else None
                     try:
                         runs[side].append(run_side(side, original if side == "original" else ours, g_file,
-                                                   config, inputs, args.threads, audio))
+                                                   config, inputs, args.threads, audio, args.device))
                     except RuntimeError as e:
                         print(e, file=sys.stderr)
                         return 1
@@ -270,8 +272,8 @@ def compare(args: argparse.Namespace, durations: list[float]) -> int:
                 a, b = np.load(saved["ours"]), np.load(saved["original"])
                 n = min(len(a), len(b))
                 agreement = float(np.abs(a[:n] - b[:n]).max() / max(np.abs(b[:n]).max(), 1e-9))
-            rows.append({"seconds": seconds, "original": runs["original"], "ours": runs["ours"],
-                         "agreement": agreement})
+            rows.append({"seconds": seconds, "device": args.device, "original": runs["original"],
+                         "ours": runs["ours"], "agreement": agreement})
     print()
     print(compare_table(rows))
     if args.json:
