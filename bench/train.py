@@ -7,7 +7,10 @@
 Each (device, batch, precision) runs in its own subprocess so that peak memory (ru_maxrss on the
 CPU, max_memory_allocated on CUDA) belongs to that configuration alone. Batches are synthesised
 in memory before timing (synthetic singing, random units) and go through the real collate, so
-data loading is not part of the measured step. The first step is a warm-up and is not timed.
+data loading is not part of the measured step. The first step is a warm-up and is not timed; on
+CUDA the peak is that of the timed steps, since cuDNN's autotuner (cudnn.benchmark, which both this
+project and the 4.1 train.py switch on) tries algorithms with large scratch buffers in the first step
+(the JSON rows keep that peak as warm_up_peak_gb).
 
 With `--original PATH` (a so-vits-svc 4.1 checkout with its requirements installed) the checkout's
 training step and ours run side by side at fp32: both read the same config (`--config` with
@@ -96,9 +99,8 @@ def run_one(config: str, device: str, batch_size: int, precision: str, segment: 
         trainer = Trainer(hps, model_dir, DistContext(0, 0, 1, dev),
                           TrainOptions(device=device, precision=precision, tensorboard=False, progress=False))
         batch = _make_batch(hps, batch_size, seconds, seed=1).to(dev)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
         times = []
+        warm_up_peak_gb = float("nan")
         for i in range(steps + 1):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -108,6 +110,11 @@ def run_one(config: str, device: str, batch_size: int, precision: str, segment: 
                 torch.cuda.synchronize(dev)
             if i > 0:
                 times.append(time.perf_counter() - t0)
+            elif dev.type == "cuda":
+                # cuDNN's autotuner (cudnn.benchmark) tries algorithms with large scratch buffers during
+                # the first step: report that peak apart from the steady one
+                warm_up_peak_gb = torch.cuda.max_memory_allocated(dev) / 1e9
+                torch.cuda.reset_peak_memory_stats(dev)
             if result.skipped:
                 raise RuntimeError(f"step {i} produced a non-finite loss: {result.losses}")
     gflops = calibrate_gflops() if dev.type == "cpu" else float("nan")
@@ -117,7 +124,7 @@ def run_one(config: str, device: str, batch_size: int, precision: str, segment: 
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
     return {"device": str(dev), "batch": batch_size, "precision": precision, "s_per_step": statistics.median(times),
             "min_s": min(times), "peak_gb": peak_gb, "frames": int(batch.lengths.max()), "threads": torch.get_num_threads(),
-            "gflops": gflops, "load": os.getloadavg()[0]}
+            "gflops": gflops, "load": os.getloadavg()[0], "warm_up_peak_gb": warm_up_peak_gb}
 
 
 def _format_table(rows: list[dict]) -> str:

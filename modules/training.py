@@ -236,8 +236,9 @@ class Trainer:
 
         self.hps = hps
         self.model_dir = Path(model_dir)
-        self.ctx = ctx or DistContext(0, 0, 1, resolve_device("auto"))
         self.options = options or TrainOptions()
+        # without a distributed context (one process: tests, benchmarks) the options name the device
+        self.ctx = ctx or DistContext(0, 0, 1, resolve_device(self.options.device))
         self.step_callback = step_callback
         self.device = self.ctx.device
         self.precision = Precision.resolve(hps, self.options.precision)

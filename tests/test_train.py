@@ -209,6 +209,16 @@ def test_precision_follows_config(dataset):
 # --------------------------------------------------------------------------------------------- loop
 
 
+def test_the_options_device_is_used_without_a_distributed_context(dataset, tmp_path, monkeypatch):
+    import modules.training as training
+
+    asked = []
+    monkeypatch.setattr(training, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    trainer = _trainer(dataset[0], tmp_path / "m", options=_options(device="cpu"))
+    assert asked == ["cpu"]  # not "auto": on a CUDA machine that would put the models on the GPU
+    assert trainer.device == torch.device("cpu")
+
+
 def test_training_reduces_mel_loss(dataset, tmp_path):
     config, _, _ = dataset
     mel: list[float] = []

@@ -48,8 +48,8 @@ def test_cli_saves_prunes_and_resumes(config):
     names = sorted(p.name for p in expdir.glob("model_*.pt"))
     # interval_val 50, force-save 100: model_50 pruned after model_100 was written; Ctrl-C/max_steps saves 120
     assert names == ["model_100.pt", "model_120.pt"]
-    assert (expdir / "config.yaml").is_file() and (expdir / "log_info.txt").is_file()
-    assert any((expdir / "logs").iterdir())
+    assert (expdir / "log_info.txt").is_file() and any((expdir / "logs").iterdir())
+    assert yaml.safe_load((expdir / "config.yaml").read_text())["model"]["n_chans"] == 32  # the full config
     ckpt = torch.load(expdir / "model_120.pt", weights_only=True)
     assert ckpt["global_step"] == 120 and set(ckpt) == {"global_step", "model"}  # save_opt false
     assert find_latest(expdir)[1] == 120
@@ -105,12 +105,10 @@ def test_missing_feature_file_names_the_clip(config, tmp_path):
         moved.rename(Path(f"{wav}.mel.npy"))
 
 
-def test_cli_help_and_config_dump(config, capsys):
+def test_cli_help(capsys):
     with pytest.raises(SystemExit):
         train_diff.main(["--help"])
     assert "--max_steps" in capsys.readouterr().out
-    dumped = yaml.safe_load((Path(load_diffusion_config(config).env.expdir) / "config.yaml").read_text())
-    assert dumped["model"]["n_chans"] == 32
 
 
 def test_sigterm_saves_then_exits_143(config, tmp_path, capsys):
