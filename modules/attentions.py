@@ -219,9 +219,10 @@ class MultiHeadAttention(nn.Module):
         w = self.window_size
         rows = torch.arange(n, device=device)
         for r in range(-w, w + 1):
-            cols = rows + start + r
-            valid = (cols >= 0) & (cols < t_k)
-            yield r + w, rows[valid], cols[valid]
+            # rows i with 0 <= start + i + r < t_k: one contiguous range, so no boolean mask (a GPU sync)
+            lo, hi = max(0, -(start + r)), min(n, t_k - (start + r))
+            if lo < hi:
+                yield r + w, rows[lo:hi], rows[lo:hi] + (start + r)
 
     def _add_band(self, scores: torch.Tensor, rel: torch.Tensor, start: int) -> None:
         """Add band logits rel [B, H, n, 2w+1] to scores [B, H, n, t_k] at key columns i+r, in place."""

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from modules.host_memory import MMAP_THRESHOLD_MAX, reuse_freed_memory
+from vdecoder.nsf_hifigan import running_sum
 
 # A SnakeAlias activation filters at twice the rate with 12-tap kernels (up and down); its reach
 # at the activation's own rate is at most ceil((6 + 6) / 2) samples.
@@ -176,7 +177,7 @@ class ExcitationStream:
 
     def _scan(self, start: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """cumsum continued from `start` with the same float64 additions as one whole-piece cumsum."""
-        return torch.cumsum(torch.cat([start, values.double()], dim=1), dim=1)[:, 1:]
+        return running_sum(torch.cat([start, values.double()], dim=1))[:, 1:]
 
     def _next_block(self) -> torch.Tensor:
         src, a = self.source, self.done

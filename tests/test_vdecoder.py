@@ -19,6 +19,7 @@ from vdecoder.nsf_hifigan import (
     SourceModuleHnNSF,
     UpSample1d,
     kaiser_sinc_filter,
+    running_sum,
 )
 
 torch.set_num_threads(1)
@@ -96,6 +97,31 @@ def test_sine_source_phase_stays_exact_over_ten_seconds():
     assert waves.shape == (1, n, 9)
     spectrum = torch.fft.rfft(waves[0, :44100, 2].double()).abs()
     assert int(spectrum.argmax()) == round(3 * f)
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 1000, 44100 * 3 + 17])
+def test_blocked_phase_scan_equals_the_sequential_cumsum(n):
+    """The GPU's blocked scan (forced here on the CPU) gives cumsum's sums to float64 rounding, any length."""
+    rad = torch.rand(2, n, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    expected = torch.cumsum(rad, dim=1)
+    got = running_sum(rad, blocked=True)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-12 * max(1.0, float(expected.abs().max()))
+    assert torch.equal(running_sum(rad), expected)  # on the CPU: torch's own scan
+
+
+def test_source_with_the_blocked_scan_matches(monkeypatch):
+    """Ten seconds of excitation through the blocked scan: the same waves as the sequential one (float32)."""
+    import vdecoder.nsf_hifigan as nsf
+
+    source = SourceModuleHnNSF(44100)
+    f0 = 220 + 30 * torch.sin(torch.linspace(0, 20, 441000, dtype=torch.float32)).view(1, -1, 1)
+    torch.manual_seed(3)
+    plain = source.sine_waves(f0)
+    monkeypatch.setattr(nsf, "running_sum", lambda v: running_sum(v, blocked=True))
+    torch.manual_seed(3)
+    blocked = source.sine_waves(f0)
+    assert float((plain - blocked).abs().max()) < 1e-5
 
 
 @pytest.mark.parametrize("init_samples", [1, 512])

@@ -257,6 +257,32 @@ def _nwc_view(buffer: torch.Tensor, channels: int, length: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- source
 
 
+SCAN_BLOCK = 256  # samples per block of the GPU phase scan: N / 256 + 256 dependent additions per column
+
+
+def running_sum(values: torch.Tensor, blocked: bool | None = None) -> torch.Tensor:
+    """cumsum over dim 1 of [B, N, H] (samples x harmonics), in the dtype given (float64 for phases).
+
+    On CUDA, torch scans a non-innermost dim with one thread per column, each walking all N samples:
+    with 9 harmonic columns a 10 s piece (441000 samples) took 151 ms of a 169 ms synthesis on an H200,
+    in both this code and the original. There it scans blocks of SCAN_BLOCK samples in parallel and
+    adds the running block totals: the same sums up to float64 rounding order (relative ~1e-16, far
+    below the float32 the phases are used in). CPUs keep the sequential scan (fastest there).
+    `blocked` forces one way or the other (None: blocks on CUDA for pieces over 4 blocks).
+    """
+    n = values.shape[1]
+    if blocked is None:
+        blocked = values.device.type == "cuda" and n > 4 * SCAN_BLOCK
+    if not blocked:
+        return torch.cumsum(values, dim=1)
+    batch, _, width = values.shape
+    padded = F.pad(values, (0, 0, 0, (-n) % SCAN_BLOCK))
+    within = padded.view(batch, -1, SCAN_BLOCK, width).cumsum(dim=2)
+    totals = within[:, :, -1]
+    before = totals.cumsum(dim=1) - totals  # sum of all earlier blocks
+    return (within + before.unsqueeze(2)).view(batch, -1, width)[:, :n]
+
+
 class SourceModuleHnNSF(nn.Module):
     """Harmonic source: 9 sines at f0 x (1..9) merged by a learnt linear layer and tanh.
 
@@ -289,10 +315,10 @@ class SourceModuleHnNSF(nn.Module):
         rand_ini = torch.rand(f0.shape[0], self.dim, device=f0.device)
         rand_ini[:, 0] = 0
         rad[:, :self.phase_init_samples, :] = rad[:, :self.phase_init_samples, :] + rand_ini.to(rad.dtype).unsqueeze(1)
-        wrapped = torch.cumsum(rad.double(), dim=1).to(rad.dtype) % 1
+        wrapped = running_sum(rad.double()).to(rad.dtype) % 1
         shift = torch.zeros_like(rad)
         shift[:, 1:, :] = (torch.diff(wrapped, dim=1) < 0).to(rad.dtype) * -1.0
-        phase = torch.cumsum((rad + shift).double(), dim=1).to(rad.dtype)
+        phase = running_sum((rad + shift).double()).to(rad.dtype)
         sines = torch.sin(phase * 2 * math.pi) * self.sine_amp
         uv = (f0 > self.voiced_threshold).to(sines.dtype)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
