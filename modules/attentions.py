@@ -13,6 +13,7 @@ Masks are built per block from per-position vectors, never as a full [T, T] tens
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -214,26 +215,27 @@ class MultiHeadAttention(nn.Module):
             out = out + torch.matmul(band, self.emb_rel_v[0])
         return out
 
-    def _band_offsets(self, start: int, n: int, t_k: int, device: torch.device):
-        """For each relative offset r in [-w, w]: the query rows whose key i+r exists, and those keys."""
+    def _band_offsets(self, start: int, n: int, t_k: int) -> Iterator[tuple[int, int, int, int]]:
+        """For each relative offset r in [-w, w]: (slot r + w, diagonal offset start + r, and the query rows
+        lo..hi whose key start + i + r exists). Those keys form one diagonal of a [n, t_k] block, so the
+        band is read and written through diagonal views: no index tensors, no boolean masks."""
         w = self.window_size
-        rows = torch.arange(n, device=device)
         for r in range(-w, w + 1):
-            # rows i with 0 <= start + i + r < t_k: one contiguous range, so no boolean mask (a GPU sync)
-            lo, hi = max(0, -(start + r)), min(n, t_k - (start + r))
+            offset = start + r
+            lo, hi = max(0, -offset), min(n, t_k - offset)
             if lo < hi:
-                yield r + w, rows[lo:hi], rows[lo:hi] + (start + r)
+                yield r + w, offset, lo, hi
 
     def _add_band(self, scores: torch.Tensor, rel: torch.Tensor, start: int) -> None:
         """Add band logits rel [B, H, n, 2w+1] to scores [B, H, n, t_k] at key columns i+r, in place."""
-        for slot, rows, cols in self._band_offsets(start, rel.size(2), scores.size(3), rel.device):
-            scores[:, :, rows, cols] = scores[:, :, rows, cols] + rel[:, :, rows, slot]
+        for slot, offset, lo, hi in self._band_offsets(start, rel.size(2), scores.size(3)):
+            scores.diagonal(offset, dim1=-2, dim2=-1).add_(rel[:, :, lo:hi, slot])
 
     def _full_to_band(self, p_attn: torch.Tensor, start: int) -> torch.Tensor:
         """Gather attention weights at key columns i+r into [B, H, n, 2w+1] (0 outside the sequence)."""
         band = p_attn.new_zeros(*p_attn.shape[:3], 2 * self.window_size + 1)
-        for slot, rows, cols in self._band_offsets(start, p_attn.size(2), p_attn.size(3), p_attn.device):
-            band[:, :, rows, slot] = p_attn[:, :, rows, cols]
+        for slot, offset, lo, hi in self._band_offsets(start, p_attn.size(2), p_attn.size(3)):
+            band[:, :, lo:hi, slot] = p_attn.diagonal(offset, dim1=-2, dim2=-1)
         return band
 
     @staticmethod
