@@ -30,7 +30,7 @@ files and folders, plus its own raw/ (the song), pretrain/ (the encoder weights)
 nothing is written into either project (the original also writes inference/chunks_temp.json, so its
 inference/ is a real folder of links). Python finds the code through the links, so only that side's
 project is importable; PYTHONPATH is cleared. One `inference_main.py --help` per side runs first,
-untimed, so compiling the sources to bytecode does not land on a measured run. After every run the
+untimed, so the first measured run does not also pay for reading the libraries from disk. After every run the
 output must exist, be a 44.1 kHz file and have the song's length (within one hop). As sanity figures,
 the table shows the ratio of the two outputs' RMS levels and the line below it their correlation (same
 model and song; they agree as far as both programs draw the same noise), plus what each program
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if original is not None:
                 check_original_weights(original, inputs, args.threads)
-            for side, folder in folders.items():  # untimed: bytecode compilation, module file cache
+            for side, folder in folders.items():  # untimed warm-up: libraries into the file cache
                 subprocess.run([sys.executable, "inference_main.py", "--help"], cwd=folder, env=side_env(args.threads),
                                capture_output=True, check=False)
             for _ in range(args.repeats):
