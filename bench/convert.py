@@ -214,9 +214,10 @@ def log_summary(text: str) -> dict[str, float | int]:
     if segments:
         summary["slices"] = segments
         summary["silent_slices"] = text.count("jump empty segment")
-    per_file = re.findall(r"files: 100%[^\n\r]*?([0-9.]+)s/file", text)
-    if per_file:
-        summary["convert_s"] = float(per_file[-1])
+    rates = re.findall(r"files: 100%[^\n\r]*?([0-9.]+)(s/file|file/s)\]", text)  # tqdm: slower or faster than 1/s
+    if rates:
+        value, unit = rates[-1]
+        summary["convert_s"] = round(float(value) if unit == "s/file" else 1.0 / float(value), 2)
     return summary
 
 

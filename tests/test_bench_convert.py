@@ -40,8 +40,8 @@ print("#=====segment start, 2.0s======")
 """
 
 
-def _checkout(folder: Path, mode: str = "ok") -> Path:
-    _fake_checkout(folder)
+def _checkout(folder: Path, mode: str = "ok", skip: str = "") -> Path:
+    _fake_checkout(folder, skip=skip)
     (folder / "inference").mkdir()
     (folder / "inference" / "__init__.py").write_text("")
     (folder / "inference_main.py").write_text(textwrap.dedent(FAKE_MAIN.format(mode=mode)))
@@ -93,6 +93,12 @@ def test_a_side_without_the_converted_song_fails(tmp_path, capsys, mode, message
     assert "| inference_main.py" not in captured.out
 
 
+def test_original_that_did_not_load_every_tensor_is_refused(tmp_path, capsys):
+    assert _run(_checkout(tmp_path / "partial", skip="dec.conv_post")) == 1
+    err = capsys.readouterr().err
+    assert "original did not load 3 tensor(s) of " in err and "G_0.pth as saved, e.g. dec.conv_post.bias" in err
+
+
 def test_not_a_checkout(tmp_path, capsys):
     assert bench_convert.main(["--original", str(tmp_path)]) == 2
     assert "not a so-vits-svc checkout (no inference_main.py there)" in capsys.readouterr().err
@@ -142,6 +148,8 @@ def test_log_summary_reads_what_the_programs_print():
     assert bench_convert.log_summary(original) == {"synthesis_s": 3.75, "slices": 3, "silent_slices": 1}
     ours = "files:   0%|   | 0/1 [00:00<?, ?file/s]\rfiles: 100%|###| 1/1 [00:06<00:00,  6.30s/file]\n"
     assert bench_convert.log_summary(ours) == {"convert_s": 6.3}
+    fast = "files: 100%|###| 1/1 [00:00<00:00,  1.25file/s]\nfiles: 100%|###| 1/1 [00:00<00:00,  1.25file/s]\n"
+    assert bench_convert.log_summary(fast) == {"convert_s": 0.8}
 
 
 def test_help_explains_every_flag():
