@@ -1,6 +1,7 @@
 """One synthesizer measurement in a fresh process, for `python -m bench.infer --original PATH`.
 
-Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS DEVICE OUT_AUDIO`. It is
+Run as a script: `python bench/_run_side.py SIDE ROOT G_FILE CONFIG INPUTS THREADS DEVICE OUT_AUDIO`, or with
+only `SIDE ROOT G_FILE CONFIG` to load the model and print its `weights` digests (bench.convert). It is
 imported only for its two helpers: `_import_root` (bench/_train_side.py) and `state_digests` (also
 bench.infer and bench.train, to check what a side loaded).
 SIDE is "ours" or "original"; ROOT is the folder whose `models.py` and packages are imported. Both
@@ -94,6 +95,15 @@ def _ours(root: str, g_file: str, config: str, device):
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 4:  # SIDE ROOT G_FILE CONFIG: only load, and print the digests (bench.convert)
+        side, root, g_file, config = argv
+        _import_root(root)
+        os.chdir(root)
+        import torch
+
+        _, info = (_original if side == "original" else _ours)(root, g_file, config, torch.device("cpu"))
+        print("RESULT " + json.dumps({"side": side, **info}))
+        return 0
     side, root, g_file, config, inputs, threads, device_name, out_audio = argv
     _import_root(root)
     os.chdir(root)
