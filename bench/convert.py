@@ -49,6 +49,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._peak_rss import launched
 from modules.config import PROJECT_ROOT
 
 SPEAKER = "alto"
@@ -60,7 +61,6 @@ PHRASE_SECONDS = 11.0
 OWN_DIRS = ("raw", "results", "pretrain", "logs")
 # Folders a program writes into by a path relative to its working directory: real folders of links.
 WRITTEN_INTO = ("inference",)
-PEAK_RSS_RUNNER = Path(__file__).resolve().parent / "_peak_rss.py"
 TARGET = "target (issue 11; 2 threads, fp32): whole inference_main.py run <= 0.5x the original's time"
 
 
@@ -179,7 +179,7 @@ def timed_process(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
     exit code). Its output goes to `log`."""
     result = log.with_suffix(".rss.json")
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, str(PEAK_RSS_RUNNER), str(result), *cmd], cwd=cwd, env=env,
+        code = subprocess.run(launched(cmd, str(result)), cwd=cwd, env=env,
                               stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if not result.is_file():
         raise RuntimeError(f"could not run {cmd[0]} in {cwd}:\n{log.read_text(errors='replace')[-3000:]}")

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._peak_rss import launched
 from modules.config import PROJECT_ROOT
 
 TARGETS = ("targets (2 threads, fp32): RTF <= 0.6 at 10 s, 60 s and 10 min, 60 s and 10 min within 1.05x of the "
@@ -175,8 +176,8 @@ def run_side_process(runner: Path, side: str, root: Path, args: list[str], threa
     env.pop("PYTHONPATH", None)  # each side imports only its own project
     if threads > 0:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, str(runner), side, str(root), *args], capture_output=True, text=True,
-                          env=env, cwd=root)
+    proc = subprocess.run(launched([sys.executable, str(runner), side, str(root), *args]), capture_output=True,
+                          text=True, env=env, cwd=root)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{side} run of {runner.name} failed in {root}:\n{proc.stderr[-3000:]}")
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             cmd = [sys.executable, "-m", "bench.infer", "--case", str(seconds), mode, "--device", args.device,
                    "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
+            proc = subprocess.run(launched(cmd), capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 print(f"case {seconds} s {mode} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

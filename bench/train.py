@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._peak_rss import launched
 from modules.config import PROJECT_ROOT
 
 # The original so-vits-svc 4.1 (fp32, CPU) on the 2-core reference machine, from the task brief.
@@ -330,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 spec = dict(config=args.config, device=device, batch_size=batch, precision=precision,
                             segment=args.segment, seconds=args.seconds, steps=args.steps)
-                proc = subprocess.run([sys.executable, "-m", "bench.train", "--worker", json.dumps(spec)], cwd=PROJECT_ROOT,
+                proc = subprocess.run(launched([sys.executable, "-m", "bench.train", "--worker", json.dumps(spec)]),
+                                      cwd=PROJECT_ROOT,
                                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if proc.returncode != 0 or not found:
