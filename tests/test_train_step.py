@@ -131,11 +131,13 @@ def test_train_step_matches_the_reference_step(setup, tmp_path, opaque):
             params = dict(getattr(ref, net).named_parameters())
             for name, p in getattr(ours, net).named_parameters():
                 if step == 0:
-                    # The first update, every weight: Adam's first step is lr * sign(gradient) for most
-                    # weights, so a weight whose gradient is pure rounding noise may move differently; 1e-5
-                    # is half a percent of the learning rate (2e-3): a wrong gradient moves weights by ~lr.
-                    torch.testing.assert_close(p, params[name], rtol=1e-5, atol=1e-5,
-                                               msg=lambda m, key=f"{net}.{name}": f"{key}: {m}")
+                    # The first update, weight by weight: Adam's first step is lr * sign(gradient), so a wrong
+                    # gradient moves most weights of its tensor by ~lr (2e-3) the wrong way, while 1e-5 is
+                    # half a percent of lr. A weight whose gradient is pure rounding noise may take either
+                    # sign, and which one depends on the CPU's convolution kernels (seen: 1 weight of 5120
+                    # with oneDNN limited to AVX2), so one such weight in a thousand may differ.
+                    off = ((p - params[name]).abs() > 1e-5 + 1e-5 * params[name].abs()).sum().item()
+                    assert off <= p.numel() // 1000, f"{net}.{name}: {off} of {p.numel()} weights differ"
                     continue
                 # Later updates: Adam (eps 1e-9) turns the rounding differences left by the first update into
                 # visible ones for the odd weight whose gradient is nearly zero, so each tensor's update is
