@@ -10,6 +10,7 @@ from torch import nn
 from modules.commons import weight_norm
 from modules.conv_layout import (
     TimeTiles,
+    add_conv_,
     apply_conv,
     from_nwc,
     polyphase_kernel,
@@ -43,6 +44,21 @@ def test_apply_conv_on_channels_last_input_matches_the_plain_conv(kind):
     assert out.dim() == 4 and out.size(2) == 1
     assert out.size(1) == 1 or out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(from_nwc(out), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_add_conv_adds_the_source_convolution_in_place(stride):
+    """The decoder's source convolution (1 channel in, strided) added into a channels-last stage buffer."""
+    torch.manual_seed(0)
+    conv = weight_norm(nn.Conv1d(1, 16, kernel_size=1 if stride == 1 else 2 * stride, stride=stride, padding=stride // 2))
+    source = torch.randn(1, 1, 1, 64 * stride)
+    stage = torch.randn(1, 16, 1, 64).contiguous(memory_format=torch.channels_last)
+    expected = stage + F.conv1d(source[:, :, 0], conv.weight, conv.bias, stride, stride // 2).unsqueeze(2)
+    buffer = stage.data_ptr()
+    with torch.no_grad():
+        out = add_conv_(stage, conv, source)
+    assert out.data_ptr() == buffer and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_plain_input_goes_through_the_module_unchanged():

@@ -25,6 +25,7 @@ from torch import nn
 from modules.commons import LRELU_SLOPE, get_padding, remove_all_weight_norm, weight_norm
 from modules.conv_layout import (
     TimeTiles,
+    add_conv_,
     apply_conv,
     tiled_leaky_relu_conv,
     tiled_leaky_relu_upsample,
@@ -440,8 +441,10 @@ class Generator(nn.Module):
                     zero_padding_(x, frames * scale)
                 x = leaky_relu_conv(self.ups[i], x, LRELU_SLOPE)
             scale *= rate
-            noise = apply_conv(self.noise_convs[i], har_source)
-            x = x.add_(noise) if tiled else x + noise
+            if tiled:
+                x = add_conv_(x, self.noise_convs[i], har_source)
+            else:
+                x = x + apply_conv(self.noise_convs[i], har_source)
             tiles = None
             if tiled:
                 n = _stage_tile_count(n_tiles, padded, scale)
