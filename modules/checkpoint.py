@@ -167,8 +167,12 @@ def compare_state(model: nn.Module, saved: Mapping[str, Any]) -> LoadReport:
 
 
 def load_weights(model: nn.Module, saved: Mapping[str, Any], source: str = "checkpoint", strict: bool = True,
-                 optional: tuple[str, ...] = TRAINING_ONLY_PREFIXES, hint: str = "") -> LoadReport:
+                 optional: tuple[str, ...] = TRAINING_ONLY_PREFIXES, hint: str = "",
+                 assign: bool = False) -> LoadReport:
     """The one way weights get into a model; tensors are cast to the model's dtypes and device.
+
+    assign: the model takes the loaded tensors themselves instead of copying them into its own (for a
+    model whose own tensors are placeholders: no second copy of every weight in memory).
 
     strict: every tensor of the model must be in `saved` with its shape (keys starting with one of
     `optional` may be absent and keep their values) and `saved` may hold nothing else; otherwise
@@ -194,7 +198,7 @@ def load_weights(model: nn.Module, saved: Mapping[str, Any], source: str = "chec
         key: fresh if key in skip else saved[key].to(dtype=fresh.dtype, device=fresh.device)
         for key, fresh in target.state_dict().items()
     }
-    target.load_state_dict(merged, strict=True)
+    target.load_state_dict(merged, strict=True, assign=assign)
     if strict:
         return report
     if report.reinitialized:

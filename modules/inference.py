@@ -109,9 +109,15 @@ def load_synthesizer(model_path: str | os.PathLike, config_path: str | os.PathLi
     hps = load_config(config_path)
     if not Path(model_path).is_file():
         raise InferenceError(f"{model_path}: model file not found; pass a G_*.pth checkpoint with -m")
-    model = SynthesizerTrn.from_hparams(hps)
+    # Built without storage or random initialisation, then handed the file's tensors themselves: a normal
+    # build would first hold a random copy of every weight (twice for weight-norm convolutions, 350 MB at
+    # the default config) and the load a third. The placeholders are real (uninitialised) memory so that a
+    # tensor the file may lack (the training-only enc_q) is still usable until it is dropped.
+    with torch.device("meta"):
+        model = SynthesizerTrn.from_hparams(hps)
+    model = model.to_empty(device="cpu")
     load_weights(model, model_state(safe_load(model_path), model_path), source=str(model_path),
-                 hint=f"pass the config.json the model was trained with (-c, now {config_path})")
+                 hint=f"pass the config.json the model was trained with (-c, now {config_path})", assign=True)
     return prepare_for_synthesis(model), hps
 
 

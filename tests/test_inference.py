@@ -51,6 +51,44 @@ def _voice(seconds: float, sr: int, seed: int = 1) -> np.ndarray:
     return synth_singing("alto", seconds, sr=sr, seed=seed).audio
 
 
+@pytest.mark.parametrize("overrides", [{}, {"vocoder_name": "nsf-snake-hifigan", "vol_embedding": True}])
+def test_load_synthesizer_takes_the_file_tensors_and_matches_a_plain_build(tmp_path, overrides):
+    """The inference loader builds on the meta device and adopts the loaded tensors (no random copy
+    first): the same synthesis, bit for bit, as a model built normally and loaded by copying."""
+    from models import SynthesizerTrn
+    from modules.checkpoint import load_weights, model_state, safe_load
+    from modules.config import load_config
+
+    tiny = write_tiny_project(tmp_path, model_overrides=overrides)
+    adopted, hps = inference.load_synthesizer(tiny.model, tiny.config)
+    plain = SynthesizerTrn.from_hparams(load_config(tiny.config))
+    load_weights(plain, model_state(safe_load(tiny.model), tiny.model))
+    plain = inference.prepare_for_synthesis(plain)
+    assert not any(t.is_meta for t in list(adopted.parameters()) + list(adopted.buffers()))
+    n = 60
+    gen = torch.Generator().manual_seed(3)
+    feats = PieceFeatures(torch.randn(1, hps.model.ssl_dim, n, generator=gen), torch.full((1, n), 233.0),
+                          torch.ones(1, n), torch.rand(1, n, generator=gen) if overrides else None)
+    outputs = []
+    for model in (adopted, plain):
+        engine = SvcEngine(model, hps, torch.device("cpu"), encoder=object())
+        outputs.append(engine.synthesize(feats, engine.speaker_condition(0))[0])
+    assert outputs[0].shape == (1, 1, n * hps.data.hop_length)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_load_weights_assign_keeps_the_loaded_storage():
+    layer = torch.nn.Conv1d(4, 4, 3)
+    saved = {"weight": torch.randn(4, 4, 3), "bias": torch.randn(4)}
+    from modules.checkpoint import load_weights
+
+    load_weights(layer, saved, assign=True)
+    assert layer.weight.data_ptr() == saved["weight"].data_ptr() and torch.equal(layer.bias, saved["bias"])
+    copied = torch.nn.Conv1d(4, 4, 3)
+    load_weights(copied, saved)
+    assert copied.weight.data_ptr() != saved["weight"].data_ptr() and torch.equal(copied.weight, saved["weight"])
+
+
 # ----------------------------------------------------------------------------------- sample arithmetic
 
 
