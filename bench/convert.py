@@ -78,20 +78,11 @@ class Inputs:
 
 def write_model(folder: Path, tiny: bool = False) -> tuple[Path, Path]:
     """A hubertsoft G file (random weights, seed 0) and its config.json in `folder`."""
-    import torch
-
-    from models import SynthesizerTrn
-    from modules.checkpoint import save_checkpoint
-    from modules.config import HParams, save_config
+    from bench.infer import write_random_model
     from modules.flist_config import build_configs
 
     cfg, _ = build_configs({SPEAKER: 0}, "hubertsoft", tiny=tiny)
-    torch.manual_seed(0)
-    model = SynthesizerTrn.from_hparams(HParams(**cfg))
-    config, g_file = folder / "config.json", folder / "G_0.pth"
-    save_config(cfg, config)
-    save_checkpoint(model, None, 1e-4, 0, g_file)
-    return g_file, config
+    return write_random_model(folder, cfg)
 
 
 def write_encoder_weights(folder: Path, tiny: bool = False) -> Path:

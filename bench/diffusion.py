@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._peak_rss import launched  # noqa: E402  (after the path setup above)
+
 OPENVPI = {
     "sampling_rate": 44100, "num_mels": 128, "n_fft": 2048, "win_size": 2048, "hop_size": 512,
     "fmin": 40, "fmax": 16000, "resblock": "1", "upsample_rates": [8, 8, 2, 2, 2],
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, seconds in plan:
         cmd = [sys.executable, "-m", "bench.diffusion", "--case", kind, str(seconds), "--device", args.device,
                "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(launched(cmd), capture_output=True, text=True, env=env, cwd=ROOT)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(f"case {kind} {seconds} s failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

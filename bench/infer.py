@@ -138,15 +138,16 @@ def _table(rows: list[dict]) -> str:
 SIDE_RUNNER = Path(__file__).resolve().parent / "_run_side.py"
 
 
-def write_random_model(folder: Path) -> tuple[Path, Path]:
-    """A default-config G file with random weights (seed 0) and its config.json, in `folder`."""
+def write_random_model(folder: Path, cfg: dict | None = None) -> tuple[Path, Path]:
+    """A G file with random weights (seed 0) for `cfg` (default: the config template) and its config.json,
+    in `folder`."""
     import torch
 
     from models import SynthesizerTrn
     from modules.checkpoint import save_checkpoint
     from modules.config import HParams, load_template, save_config
 
-    cfg = load_template()
+    cfg = cfg if cfg is not None else load_template()
     torch.manual_seed(0)
     model = SynthesizerTrn.from_hparams(HParams(**cfg))
     config, g_file = folder / "config.json", folder / "G_0.pth"
