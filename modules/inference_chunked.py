@@ -176,7 +176,8 @@ class ExcitationStream:
         self.cache = f0.new_zeros(batch, 1, 0)
 
     def _scan(self, start: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """cumsum continued from `start` with the same float64 additions as one whole-piece cumsum."""
+        """cumsum continued from `start`: the same float64 sums as one whole-piece cumsum (on a GPU up to
+        the blocked scan's rounding order, see `running_sum`)."""
         return running_sum(torch.cat([start, values.double()], dim=1))[:, 1:]
 
     def _next_block(self) -> torch.Tensor:

@@ -266,9 +266,10 @@ def running_sum(values: torch.Tensor, blocked: bool | None = None) -> torch.Tens
 
     On CUDA, torch scans a non-innermost dim with one thread per column, each walking all N samples:
     with 9 harmonic columns, a 10 s piece (441000 samples) spent 151 of its 169 GPU milliseconds here
-    on an H200, in both this code and the original. There it scans blocks of SCAN_BLOCK samples in parallel and
-    adds the running block totals: the same sums up to float64 rounding order (relative ~1e-16, far
-    below the float32 the phases are used in). CPUs keep the sequential scan (fastest there).
+    on an H200, in both this code and the original. There this function scans blocks of SCAN_BLOCK
+    samples in parallel and adds the running block totals: the same sums up to float64 rounding order
+    (relative ~1e-16, far below the float32 the phases are used in). CPUs keep the sequential scan
+    (fastest there).
     `blocked` forces one way or the other (None: blocks on CUDA for pieces over 4 blocks).
     """
     n = values.shape[1]
