@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._peak_rss import launched
+from bench.infer import side_env, write_random_model
 from modules.config import PROJECT_ROOT
 
 SPEAKER = "alto"
@@ -78,7 +78,6 @@ class Inputs:
 
 def write_model(folder: Path, tiny: bool = False) -> tuple[Path, Path]:
     """A hubertsoft G file (random weights, seed 0) and its config.json in `folder`."""
-    from bench.infer import write_random_model
     from modules.flist_config import build_configs
 
     cfg, _ = build_configs({SPEAKER: 0}, "hubertsoft", tiny=tiny)
@@ -152,13 +151,6 @@ def make_run_folder(project: Path, folder: Path, inputs: Inputs) -> Path:
     return folder
 
 
-def side_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # each side imports only its own project
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env
-
-
 def convert_command(inputs: Inputs, f0_predictor: str) -> list[str]:
     """The command line, identical for both projects (flags of so-vits-svc 4.1's inference_main.py)."""
     return [sys.executable, "inference_main.py", "-m", str(inputs.g_file), "-c", str(inputs.config), "-n", SONG,
@@ -178,9 +170,9 @@ def timed_process(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
     return measured["seconds"], measured["peak_kib"] / 1024.0, code
 
 
-def check_output(side: str, results: Path, inputs: Inputs) -> tuple[Path, float]:
+def check_output(side: str, results: Path, inputs: Inputs) -> tuple[Path, float, int]:
     """The single file in `results`; raises RuntimeError unless it is a 44.1 kHz file of the song's
-    length (within one hop). Returns it and its RMS level."""
+    length (within one hop). Returns it, its RMS level and its length in samples."""
     import numpy as np
     import soundfile as sf
 
@@ -191,7 +183,7 @@ def check_output(side: str, results: Path, inputs: Inputs) -> tuple[Path, float]
     if sr != SAMPLE_RATE or abs(len(audio) - inputs.samples) > inputs.hop:
         raise RuntimeError(f"{side} output {files[0].name}: {len(audio)} samples at {sr} Hz, expected "
                            f"{inputs.samples} at {SAMPLE_RATE} Hz")
-    return files[0], float(np.sqrt(np.mean(audio ** 2)))
+    return files[0], float(np.sqrt(np.mean(audio ** 2))), len(audio)
 
 
 def log_summary(text: str) -> dict[str, float | int]:
@@ -250,15 +242,9 @@ def run_side(side: str, folder: Path, inputs: Inputs, args: argparse.Namespace) 
     text = log.read_text(errors="replace")
     if code != 0:
         raise RuntimeError(f"{side} inference_main.py exited with {code} in {folder}:\n{text[-3000:]}")
-    output, rms = check_output(side, results, inputs)
+    output, rms, samples = check_output(side, results, inputs)
     return {"side": side, "seconds_taken": round(seconds, 2), "peak_mb": round(peak_mb), "output": output.name,
-            "samples": _frames(output), "rms": rms, **log_summary(text)}
-
-
-def _frames(path: Path) -> int:
-    import soundfile as sf
-
-    return sf.info(str(path)).frames
+            "samples": samples, "rms": rms, **log_summary(text)}
 
 
 def check_original_weights(original: Path, inputs: Inputs, threads: int) -> None:

@@ -171,12 +171,19 @@ def write_inputs(path: Path, seconds: float, config: Path) -> int:
     return n
 
 
-def run_side_process(runner: Path, side: str, root: Path, args: list[str], threads: int) -> dict:
-    """Run `runner side root *args` in a fresh process that imports only `root` and parse its RESULT line."""
+def side_env(threads: int) -> dict[str, str]:
+    """The environment of one side's process: no PYTHONPATH (it imports only its own project) and
+    `threads` OpenMP/MKL threads (0: the libraries' own choice)."""
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # each side imports only its own project
+    env.pop("PYTHONPATH", None)
     if threads > 0:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def run_side_process(runner: Path, side: str, root: Path, args: list[str], threads: int) -> dict:
+    """Run `runner side root *args` in a fresh process that imports only `root` and parse its RESULT line."""
+    env = side_env(threads)
     proc = subprocess.run(launched([sys.executable, str(runner), side, str(root), *args]), capture_output=True,
                           text=True, env=env, cwd=root)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
