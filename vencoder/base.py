@@ -15,6 +15,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 
 from modules.checkpoint import load_weights
+from modules.cpu_linear import use_onednn_linears
 from modules.errors import PretrainedFileMissing
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,15 @@ class SpeechEncoder(ABC):
         return self.encode_batch([wav])[0]
 
 
+def inference_network(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` on `device` in eval mode; on the CPU its linear layers run through oneDNN
+    (modules.cpu_linear: the same weights, about twice BLAS's speed on AMD CPUs)."""
+    module = module.to(device).eval()
+    if device.type == "cpu":
+        use_onednn_linears(module)
+    return module
+
+
 def load_weights_ignoring_extra(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
                                 quiet_prefixes: tuple[str, ...] = ()) -> None:
     """Load every tensor the model has, strictly (CheckpointError names a missing or mis-shaped one); tensors
@@ -149,7 +159,7 @@ class PaddedBatchEncoder(SpeechEncoder):
                  max_batch_seconds: float = 120.0) -> None:
         super().__init__(device, pretrain_dir, max_batch_seconds)
         path = self.check_weights(self.pretrain_dir)
-        self.model = self.load_model(path).to(self.device).eval()
+        self.model = inference_network(self.load_model(path), self.device)
         self.adopt_width(self.model_width(), path)
 
     @abstractmethod

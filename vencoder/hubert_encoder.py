@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder, as_mono_tensor, plan_batches
+from vencoder.base import SpeechEncoder, as_mono_tensor, inference_network, plan_batches
 from vencoder.hubert import HubertModel
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class HubertUnitsEncoder(SpeechEncoder):
                  max_batch_seconds: float = 120.0) -> None:
         super().__init__(device, pretrain_dir, max_batch_seconds)
         path = self.check_weights(self.pretrain_dir)
-        self.model: HubertModel = self._load_model(path).to(self.device).eval()
+        self.model: HubertModel = inference_network(self._load_model(path), self.device)
         out_dim = self.model.cfg.projected_dim if self.use_final_proj else self.model.cfg.encoder_embed_dim
         self.adopt_width(out_dim, path)
         if self.output_layer is not None and self.output_layer > self.model.cfg.encoder_layers:

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modules.errors import CheckpointError
-from vencoder.base import SpeechEncoder, as_mono_tensor
+from vencoder.base import SpeechEncoder, as_mono_tensor, inference_network
 from vencoder.fairseq_checkpoint import safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class WhisperPPG(SpeechEncoder):
                  max_batch_seconds: float = 120.0) -> None:
         super().__init__(device, pretrain_dir, max_batch_seconds)
         path = self.check_weights(self.pretrain_dir)
-        self.encoder = load_whisper_audio_encoder(path).to(self.device).eval()
+        self.encoder = inference_network(load_whisper_audio_encoder(path), self.device)
         self.front_end = WhisperLogMel(self.encoder.dims.n_mels).to(self.device)
         dims = self.encoder.dims
         self.adopt_width(dims.n_audio_state, path)
