@@ -13,6 +13,8 @@ results differ from BLAS's only in summation order (a few float32 ulps per layer
 """
 from __future__ import annotations
 
+import platform
+
 import torch
 from torch import nn
 
@@ -20,8 +22,10 @@ from modules.conv_layout import exporting
 
 
 def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN and its pointwise linear operator."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this is an x86-64 CPU with a torch build that has oneDNN and its pointwise linear operator.
+    Elsewhere (ARM: Apple's Accelerate or OpenBLAS behind torch's linear) the BLAS path stays: unmeasured."""
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class OneDNNLinear(nn.Linear):

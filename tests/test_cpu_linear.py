@@ -110,3 +110,12 @@ def test_speech_encoder_on_cpu_uses_onednn_linears(tmp_path):
         torch.testing.assert_close(units, encoder.encode(wav), atol=1e-4, rtol=1e-4)
     finally:
         clear_cache()
+
+
+def test_only_on_x86_64(monkeypatch):
+    import modules.cpu_linear as cpu_linear
+
+    monkeypatch.setattr(cpu_linear.platform, "machine", lambda: "arm64")
+    net = nn.Sequential(nn.Linear(4, 4))
+    assert not cpu_linear.onednn_linear_available()
+    assert use_onednn_linears(net) == 0 and type(net[0]) is nn.Linear
