@@ -146,13 +146,17 @@ class SvcEngine:
         chunk_frames: int = 1024, fast: bool = False, pretrain_dir: str | os.PathLike | None = None,
         encoder_window_seconds: float = 60.0, precision: str | None = None,
     ) -> None:
-        """`precision` (modules.device.PRECISIONS) sets the synthesis dtype; None: "auto" if `fast`, else fp32."""
+        """`precision` (modules.device.PRECISIONS) sets the synthesis dtype for the engine's life; None: "auto"
+        if `fast`, else fp32. A bf16 engine on the CPU holds its decoder's filter path in bf16 (in `model`)."""
         self._take_config(hps, encoder, pretrain_dir, encoder_window_seconds)
         self.model = model.eval()
         self.device = torch.device(device)
         if self.device.type == "cpu" and hasattr(model, "dec"):
             store_channels_last(model.dec)  # the CPU decoder runs channels-last (modules.conv_layout)
         self.dtype: torch.dtype = inference_dtype(precision or ("auto" if fast else "fp32"), self.device)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and hasattr(model, "dec") \
+                and not hasattr(model.dec, "snakes"):
+            model.dec.cast_filter(self.dtype)  # its own bf16 path, lighter than autocast (nsf_hifigan)
         self.rf: ReceptiveField = receptive_field(model, hps.model)
         self.chunk_frames = cpu_window_frames(chunk_frames, self.device, hps.model, self.rf.decoder)
 

@@ -183,3 +183,29 @@ def test_snake_generator_is_same_class_with_option():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="activation"):
         Generator(GeneratorConfig(activation="relu"))
+
+
+def test_filter_cast_to_bf16_runs_natively_and_stays_close():
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(in_channels=8, upsample_rates=[4, 2], upsample_kernel_sizes=[8, 4],
+                          upsample_initial_channel=32, resblock_kernel_sizes=[3, 5],
+                          resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], gin_channels=4)
+    gen = Generator(cfg).eval()
+    gen.remove_weight_norm()
+    half = Generator(cfg).eval()
+    half.remove_weight_norm()
+    half.load_state_dict(gen.state_dict())
+    half.cast_filter(torch.bfloat16)
+    assert {p.dtype for n, p in half.named_parameters() if not n.startswith("m_source")} == {torch.bfloat16}
+    assert {p.dtype for p in half.m_source.parameters()} == {torch.float32}
+    z, f0, g = torch.randn(1, 8, 60), torch.full((1, 60), 220.0), torch.randn(1, 4, 1)
+    source = gen.excitation(f0)
+    with torch.inference_mode():
+        ref = gen.synthesize(z, source, g)
+        out = half.synthesize(z, source, g)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an enclosing autocast changes nothing
+            again = half.synthesize(z, source, g)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape == (1, 1, 480)
+    assert torch.equal(out, again)
+    snr = 10 * torch.log10(ref.double().pow(2).sum() / (out.double() - ref.double()).pow(2).sum())
+    assert 30 < float(snr) < 90
