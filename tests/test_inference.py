@@ -362,6 +362,23 @@ def test_cli_end_to_end(project, monkeypatch):
     assert rc == 0 and (results / "song_0key_spk_mix_sovits_pm.ogg").is_file()
 
 
+def test_cli_bf16_precision_converts_close_to_fp32(project, monkeypatch):
+    """--precision bf16 end to end on the CPU (the decoder held in bf16): same file length, output close to
+    fp32's but not identical (reduced precision really ran)."""
+    (project.root / "raw").mkdir(exist_ok=True)
+    sf.write(project.root / "raw" / "p.wav", _voice(1.2, 44100, seed=7), 44100, subtype="PCM_16")
+    results = project.root / "results"
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        assert _run_cli(project, monkeypatch, "-n", "p.wav", "-s", "alto", "-wf", "wav", "--precision", precision) == 0
+        outputs[precision], sr = sf.read(results / "p.wav_0key_alto_sovits_pm.wav", dtype="float32")
+        assert sr == 44100
+    ref, fast = outputs["fp32"].astype(np.float64), outputs["bf16"].astype(np.float64)
+    assert fast.shape == ref.shape and np.abs(ref).max() > 0.01
+    snr = 10 * np.log10((ref ** 2).sum() / ((fast - ref) ** 2).sum())
+    assert 25 < snr < 90
+
+
 def test_cli_errors_are_one_line(project, monkeypatch, capsys, tmp_path):
     (project.root / "raw").mkdir(exist_ok=True)
     sf.write(project.root / "raw" / "e.wav", np.zeros(4410, np.float32), 44100)
